@@ -1,0 +1,119 @@
+"""Tiny random models the project generates itself (no hub): a GGUF for llama.cpp/Ollama.
+
+The models are random, so their output is gibberish, but their shapes are real: llama.cpp and
+vLLM allocate weights, KV cache and compute buffers for them exactly as for a large model, which
+is all a memory calibration needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_WORDS = (
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on",
+    "be", "at", "by", "this", "memory", "model", "context", "token", "cache", "GPU", "fast",
+)
+
+
+@dataclass(frozen=True)
+class TinyModelShape:
+    """The shape of a generated llama-architecture model."""
+
+    n_layers: int = 8
+    n_embd: int = 256
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    n_ff: int = 512
+    n_vocab: int = 512
+    n_ctx_train: int = 32768
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_heads
+
+    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """Theory for an f16 cache: K and V, per layer, per KV head, per head dimension."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_value
+
+
+def _vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style vocabulary: special tokens, the 256 byte tokens, then words."""
+    from gguf import TokenType
+
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.CONTROL)]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [int(TokenType.BYTE)] * 256
+    words = [f"\u2581{w}" for w in _WORDS] + list(_WORDS)
+    i = 0
+    while len(tokens) < n_vocab:
+        tokens.append(words[i] if i < len(words) else f"\u2581w{i}")
+        types.append(int(TokenType.NORMAL))
+        i += 1
+    if len(tokens) > n_vocab:
+        raise ValueError(f"n_vocab {n_vocab} is too small for the byte vocabulary (>= 300)")
+    scores = [0.0] * 259 + [-float(k) for k in range(len(tokens) - 259)]
+    return tokens, scores, types
+
+
+def write_tiny_gguf(
+    path: Path, shape: TinyModelShape | None = None, *, seed: int = 0, name: str = "tiny-llama"
+) -> Path:
+    """Write a random llama model with f16 weights and a byte-fallback tokenizer to `path`."""
+    import gguf
+
+    shape = shape or TinyModelShape()
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+
+    def weight(*dims: int) -> np.ndarray:
+        return (rng.standard_normal(dims) * 0.02).astype(np.float16)
+
+    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer.add_name(name)
+    writer.add_block_count(shape.n_layers)
+    writer.add_context_length(shape.n_ctx_train)
+    writer.add_embedding_length(shape.n_embd)
+    writer.add_feed_forward_length(shape.n_ff)
+    writer.add_head_count(shape.n_heads)
+    writer.add_head_count_kv(shape.n_kv_heads)
+    writer.add_rope_dimension_count(shape.head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_vocab_size(shape.n_vocab)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    tokens, scores, types = _vocabulary(shape.n_vocab)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+    kv_dim = shape.n_kv_heads * shape.head_dim
+    writer.add_tensor("token_embd.weight", weight(shape.n_vocab, shape.n_embd))
+    writer.add_tensor("output_norm.weight", np.ones(shape.n_embd, dtype=np.float32))
+    writer.add_tensor("output.weight", weight(shape.n_vocab, shape.n_embd))
+    for i in range(shape.n_layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(shape.n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(shape.n_embd, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(kv_dim, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(kv_dim, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(shape.n_embd, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(shape.n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(shape.n_ff, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(shape.n_ff, shape.n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(shape.n_embd, shape.n_ff))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(path)
+    return path
