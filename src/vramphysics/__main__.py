@@ -1,0 +1,5 @@
+import sys
+
+from vramphysics.cli import main
+
+sys.exit(main())

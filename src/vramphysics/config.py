@@ -1,0 +1,160 @@
+"""`config.yaml`: a typed, validated configuration. Unknown keys and bad values name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vramphysics.errors import ConfigError
+from vramphysics.yamlio import load_yaml
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class EngineTimeouts(_Strict):
+    start_timeout_s: float = Field(120.0, gt=0, description="launch until ready")
+    request_timeout_s: float = Field(120.0, gt=0, description="one request, start to end")
+    stop_timeout_s: float = Field(15.0, gt=0, description="SIGTERM to SIGKILL")
+
+
+class LlamaCppConfig(EngineTimeouts):
+    host: str = "127.0.0.1"
+    port: int = Field(8400, ge=1, le=65535)
+    command: list[str] | None = Field(
+        None, description="launch command; default: llama-server on PATH, else python -m llama_cpp.server"
+    )
+    model_dir: Path = Path("models")
+    extra_args: list[str] = []
+    n_gpu_layers: int = Field(-1, ge=-1, description="layers offloaded to the GPU (-1: all)")
+
+
+class VllmConfig(EngineTimeouts):
+    mode: Literal["native", "docker"] = "native"
+    host: str = "127.0.0.1"
+    port: int = Field(8300, ge=1, le=65535)
+    command: list[str] = ["vllm", "serve"]
+    image: str = "vllm/vllm-openai:latest"
+    container_name: str = "vllm-server"
+    container_port: int = Field(8000, ge=1, le=65535)
+    gpus: Literal["all"] | list[int] = "all"
+    hf_cache: Path = Path("~/.cache/huggingface")
+    model_dir: Path | None = None
+    default_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    utilization_margin: float = Field(0.05, ge=0, lt=1)
+    cpu_kvcache_space_gib: list[float] = Field(
+        [1.0, 2.0], description="CPU build: KV pool sizes (GiB) of the calibration starts"
+    )
+    extra_args: list[str] = []
+    env: dict[str, str] = {}
+
+
+class OllamaConfig(EngineTimeouts):
+    host: str = "127.0.0.1"
+    port: int = Field(11434, ge=1, le=65535)
+    command: list[str] = ["ollama", "serve"]
+    start_server: bool = True
+    keep_alive: str = "5m"
+    num_parallel: int | None = Field(None, ge=1)
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    skip_if_no_fit: bool = False
+    pull_silence_timeout_s: float = Field(300.0, gt=0)
+    unload_timeout_s: float = Field(60.0, gt=0)
+
+
+class EnginesConfig(_Strict):
+    llamacpp: LlamaCppConfig = LlamaCppConfig()
+    vllm: VllmConfig = VllmConfig()
+    ollama: OllamaConfig = OllamaConfig()
+
+
+class SweepConfig(_Strict):
+    contexts: list[int] = [512, 1024, 2048, 4096, 8192]
+    settle_s: float = Field(1.0, ge=0, description="sampling after the warm-up, for the steady value")
+    min_points: int = Field(3, ge=2)
+
+    @field_validator("contexts")
+    @classmethod
+    def _contexts(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one context size")
+        if any(c < 16 for c in v):
+            raise ValueError("every context must be >= 16")
+        if len(set(v)) != len(v):
+            raise ValueError("context sizes must be distinct")
+        return sorted(v)
+
+
+class ProbeConfig(_Strict):
+    interval_ms: float = Field(50.0, gt=0, le=10000)
+    prefer: Literal["auto", "nvml", "process"] = "auto"
+    gpu_index: int = Field(0, ge=0)
+
+
+class BenchConfig(_Strict):
+    prompt: str = "Explain in two sentences why the KV cache grows with the context length."
+    max_tokens: int = Field(64, ge=1)
+    warmup_max_tokens: int = Field(4, ge=1)
+
+
+class PathsConfig(_Strict):
+    calibration_dir: Path = Path("calibration")
+    report_dir: Path = Path("reports")
+    state_dir: Path = Path("run")
+
+
+class Config(_Strict):
+    engines: EnginesConfig = EnginesConfig()
+    sweep: SweepConfig = SweepConfig()
+    probes: ProbeConfig = ProbeConfig()
+    bench: BenchConfig = BenchConfig()
+    paths: PathsConfig = PathsConfig()
+    loadouts: dict[str, list[str]] = {}
+    source: Path | None = Field(None, exclude=True)
+
+    def resolve(self, base: Path) -> Config:
+        """Relative paths are relative to the config file's folder; `~` is expanded."""
+
+        def fix(p: Path) -> Path:
+            p = p.expanduser()
+            return p if p.is_absolute() else (base / p)
+
+        paths = PathsConfig(
+            calibration_dir=fix(self.paths.calibration_dir),
+            report_dir=fix(self.paths.report_dir),
+            state_dir=fix(self.paths.state_dir),
+        )
+        llamacpp = self.engines.llamacpp.model_copy(update={"model_dir": fix(self.engines.llamacpp.model_dir)})
+        vllm = self.engines.vllm.model_copy(
+            update={
+                "hf_cache": self.engines.vllm.hf_cache.expanduser(),
+                "model_dir": fix(self.engines.vllm.model_dir) if self.engines.vllm.model_dir else None,
+            }
+        )
+        engines = self.engines.model_copy(update={"llamacpp": llamacpp, "vllm": vllm})
+        return self.model_copy(update={"paths": paths, "engines": engines})
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate `config.yaml`. A missing file is an error (use --config to point at one)."""
+    doc = load_yaml(path, what="config")
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top level", path=path, line=doc.line_of())
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in err and not isinstance(err["input"], dict | list):
+            message = f"{message} (got {err['input']!r})"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(message + more, path=path, line=doc.line_of(*loc), key=key) from exc
+    return config.model_copy(update={"source": path}).resolve(path.resolve().parent)

@@ -1,0 +1,168 @@
+"""The one engine interface. The runner drives every engine through it and never asks which.
+
+Life of an engine in a calibration step::
+
+    engine.check_available(spec)        # soft: never downloads
+    engine.start(spec, ctx)             # launch bound to the configured host (127.0.0.1)
+    engine.wait_ready()                 # raises EngineError(kind="timeout" | "start_failed" ...)
+    engine.complete(prompt, n)          # a streamed request, timed
+    engine.memory_report()              # the engine's own figures (log, /metrics), if any
+    engine.stop()                       # the whole process tree / container, always
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from vramphysics.errors import EngineError
+from vramphysics.setups import ModelSpec
+
+if TYPE_CHECKING:
+    from vramphysics.theory import Theory
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Is the model on disk (or in the engine's store)? `location` says where it was found."""
+
+    present: bool
+    detail: str
+    location: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts from the engine itself; `source` says how they were obtained."""
+
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    source: str  # "engine-usage" (usage object), "engine-tokenizer" (engine's own tokenizer)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One streamed request. Times are `time.monotonic()` seconds."""
+
+    sent_s: float
+    first_text_s: float | None
+    last_text_s: float | None
+    end_s: float
+    usage: Usage
+    n_chunks: int
+    engine_timings: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_text_s is None else (self.first_text_s - self.sent_s) * 1e3
+
+
+@dataclass(frozen=True)
+class MemoryComponents:
+    """Memory the engine reports about itself (bytes), with where it read them."""
+
+    source: str
+    weights_bytes: int | None = None
+    kv_pool_bytes: int | None = None
+    kv_tokens: int | None = None
+    compute_bytes: int | None = None
+    cuda_graph_bytes: int | None = None
+    device_resident: bool = True  # False when the buffers live in host memory (CPU engine)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kv_bytes_per_token(self) -> float | None:
+        if self.kv_pool_bytes and self.kv_tokens:
+            return self.kv_pool_bytes / self.kv_tokens
+        return None
+
+
+class Engine(abc.ABC):
+    """An inference engine we can start at a context size, query, measure and stop."""
+
+    name: ClassVar[str]
+
+    def __init__(self, *, state_dir: Path, log_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.log_dir = log_dir
+
+    # -- what we run -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The engine's version string (for every row we write)."""
+
+    @abc.abstractmethod
+    def check_available(self, spec: ModelSpec) -> Availability:
+        """Is the model present? Never downloads."""
+
+    def download(self, spec: ModelSpec) -> None:
+        """Fetch a missing model (only with --force-download)."""
+        raise EngineError(
+            "download_failed", f"{self.name} cannot download models", model_id=spec.raw
+        )
+
+    def theory(self, spec: ModelSpec) -> Theory | None:
+        """Theory from the model's own metadata, when the engine can read it."""
+        return None
+
+    def model_key(self, spec: ModelSpec) -> str:
+        """The model name stored in the physics database (the ID without runtime flags)."""
+        return f"{spec.prefix}{spec.name}"
+
+    def settings(self) -> dict[str, Any]:
+        """Launch settings that a reader needs to reproduce a figure."""
+        return {}
+
+    # -- one start ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def start(self, spec: ModelSpec, ctx: int) -> None:
+        """Launch (or load) the model at context `ctx`, bound to the configured host."""
+
+    @abc.abstractmethod
+    def wait_ready(self) -> None:
+        """Block until it answers; EngineError on timeout or early exit."""
+
+    @abc.abstractmethod
+    def complete(self, prompt: str, max_tokens: int) -> Completion:
+        """One streamed completion, timed; usage from the engine."""
+
+    def warm_up(self, max_tokens: int = 4) -> None:
+        """A short request, so that lazy allocations happen before we measure."""
+        self.complete("Hello", max_tokens)
+
+    @abc.abstractmethod
+    def root_pid(self) -> int | None:
+        """The root of the engine's process tree (None when it is not ours to see)."""
+
+    def memory_report(self) -> MemoryComponents | None:
+        """The engine's own memory figures for the current start (log lines, /metrics)."""
+        return None
+
+    def log_tail(self, n_lines: int = 40) -> str:
+        return ""
+
+    def check_alive(self) -> None:
+        """Raise EngineError(kind='engine_crashed') when the engine died under us."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop everything this start launched; safe to call twice."""
+
+    def close(self) -> None:
+        """Release what the engine holds across starts (a server we launched)."""
+        self.stop()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

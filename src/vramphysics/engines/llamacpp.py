@@ -1,0 +1,248 @@
+"""llama.cpp: `llama-server` when it is on PATH, else `python -m llama_cpp.server`.
+
+Each context is a fresh server process (memory freed inside one process is not returned to the
+system promptly, so one process per context is the only honest measurement).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from vramphysics.config import LlamaCppConfig
+from vramphysics.engines.base import Availability, Completion, Engine, MemoryComponents
+from vramphysics.engines.llamacpp_log import parse_buffers
+from vramphysics.engines.openai_compat import stream_completion
+from vramphysics.engines.process import ManagedProcess, read_tail
+from vramphysics.errors import EngineError, SetupError
+from vramphysics.setups import ModelSpec
+
+if TYPE_CHECKING:
+    from vramphysics.theory import Theory
+
+log = logging.getLogger(__name__)
+
+_OOM_MARKERS = ("out of memory", "failed to allocate", "cudaMalloc failed", "unable to allocate")
+
+
+def resolve_model_path(name: str, model_dir: Path) -> Path:
+    """A `.gguf` path as written, or a name under `model_dir` that may not escape it."""
+    candidate = Path(name).expanduser()
+    if candidate.suffix.lower() == ".gguf" and (candidate.is_absolute() or "/" in name):
+        return candidate
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise SetupError(f"model name {name!r} must stay inside the model folder {model_dir}")
+    base = model_dir.resolve()
+    resolved = (base / name).resolve()
+    if base != resolved and base not in resolved.parents:
+        raise SetupError(f"model name {name!r} escapes the model folder {model_dir}")
+    if resolved.suffix.lower() != ".gguf":
+        resolved = resolved.with_name(resolved.name + ".gguf")
+    return resolved
+
+
+class LlamaCppEngine(Engine):
+    name = "llamacpp"
+
+    def __init__(self, cfg: LlamaCppConfig, *, state_dir: Path, log_dir: Path) -> None:
+        super().__init__(state_dir=state_dir, log_dir=log_dir)
+        self.cfg = cfg
+        self._proc: ManagedProcess | None = None
+        self._client = httpx.Client(timeout=cfg.request_timeout_s)
+        self._spec: ModelSpec | None = None
+        self._ctx: int | None = None
+        self._uses_llama_server = cfg.command is None and shutil.which("llama-server") is not None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.port}"
+
+    def version(self) -> str:
+        if self._uses_llama_server:
+            return "llama-server"
+        try:
+            return f"llama-cpp-python {metadata.version('llama_cpp_python')}"
+        except metadata.PackageNotFoundError:
+            return "llama-cpp-python (not installed)"
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "host": self.cfg.host,
+            "port": self.cfg.port,
+            "n_gpu_layers": self.cfg.n_gpu_layers,
+            "launcher": " ".join(self._base_command()),
+            "extra_args": list(self.cfg.extra_args),
+        }
+
+    def model_path(self, spec: ModelSpec) -> Path:
+        return resolve_model_path(spec.name, self.cfg.model_dir)
+
+    def check_available(self, spec: ModelSpec) -> Availability:
+        path = self.model_path(spec)
+        if path.is_file():
+            return Availability(True, f"found {path}", str(path))
+        return Availability(False, f"no GGUF file at {path}", str(path))
+
+    def theory(self, spec: ModelSpec) -> Theory | None:
+        from vramphysics.theory import theory_from_gguf
+
+        return theory_from_gguf(self.model_path(spec))
+
+    def _base_command(self) -> list[str]:
+        if self.cfg.command:
+            return list(self.cfg.command)
+        if self._uses_llama_server:
+            return ["llama-server"]
+        return [sys.executable, "-m", "llama_cpp.server"]
+
+    def _command(self, path: Path, ctx: int) -> list[str]:
+        base = self._base_command()
+        host, port = self.cfg.host, str(self.cfg.port)
+        if self._uses_llama_server or (self.cfg.command and "llama-server" in Path(base[0]).name):
+            args = ["-m", str(path), "-c", str(ctx), "--host", host, "--port", port]
+            args += ["-ngl", str(self.cfg.n_gpu_layers), "--parallel", "1"]
+        else:
+            args = ["--model", str(path), "--n_ctx", str(ctx), "--host", host, "--port", port]
+            args += ["--n_gpu_layers", str(self.cfg.n_gpu_layers)]
+        return base + args + list(self.cfg.extra_args)
+
+    def start(self, spec: ModelSpec, ctx: int) -> None:
+        self.stop()
+        path = self.model_path(spec)
+        argv = self._command(path, ctx)
+        log_path = self.log_dir / f"llamacpp-{path.stem}-ctx{ctx}.log"
+        log_path.unlink(missing_ok=True)
+        log.debug("starting %s", argv)
+        try:
+            self._proc = ManagedProcess(
+                argv, log_path=log_path, label=f"llamacpp {spec.raw} ctx={ctx}", state_dir=self.state_dir
+            )
+        except OSError as exc:
+            raise EngineError("start_failed", f"cannot run {argv[0]!r}: {exc.strerror}", model_id=spec.raw) from exc
+        self._spec, self._ctx = spec, ctx
+
+    def wait_ready(self) -> None:
+        proc = self._require_proc()
+        deadline = time.monotonic() + self.cfg.start_timeout_s
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise self._exit_error(proc)
+            try:
+                r = self._client.get(f"{self.base_url}/v1/models", timeout=2.0)
+                if r.status_code == 200:
+                    self._check_context_applied()
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise EngineError(
+            "timeout",
+            f"not ready within {self.cfg.start_timeout_s:.0f} s",
+            model_id=self._spec.raw if self._spec else None,
+            log_tail=proc.log_tail(),
+        )
+
+    def _check_context_applied(self) -> None:
+        """The server's own log must show the context we asked for: never report a lie."""
+        report = self.memory_report()
+        cells = report.kv_tokens if report else None
+        if cells is not None and self._ctx is not None and cells < self._ctx:
+            raise EngineError(
+                "other",
+                f"asked for n_ctx {self._ctx} but the KV cache has {cells} cells",
+                model_id=self._spec.raw if self._spec else None,
+            )
+
+    def _exit_error(self, proc: ManagedProcess) -> EngineError:
+        tail = proc.log_tail()
+        kind = "cuda_oom" if any(m in tail.lower() for m in _OOM_MARKERS) else "start_failed"
+        return EngineError(
+            kind,
+            f"exited with code {proc.returncode} before it was ready",
+            model_id=self._spec.raw if self._spec else None,
+            log_tail=tail,
+        )
+
+    def check_alive(self) -> None:
+        proc = self._require_proc()
+        if not proc.alive():
+            raise EngineError(
+                "engine_crashed",
+                f"exited with code {proc.returncode}",
+                model_id=self._spec.raw if self._spec else None,
+                log_tail=proc.log_tail(),
+            )
+
+    def _count_tokens(self, text: str) -> int:
+        url = "/tokenize" if self._uses_llama_server else "/extras/tokenize"
+        body = {"content": text} if self._uses_llama_server else {"input": text}
+        r = self._client.post(f"{self.base_url}{url}", json=body, timeout=self.cfg.request_timeout_s)
+        r.raise_for_status()
+        return len(r.json()["tokens"])
+
+    def complete(self, prompt: str, max_tokens: int) -> Completion:
+        self._require_proc()
+        payload = {
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "logprobs": 1,  # every chunk then lists its tokens: the engine's own count
+            "stream_options": {"include_usage": True},
+        }
+        try:
+            return stream_completion(
+                self._client,
+                f"{self.base_url}/v1/completions",
+                payload,
+                timeout_s=self.cfg.request_timeout_s,
+                count_tokens=self._count_tokens,
+                model_id=self._spec.raw if self._spec else None,
+            )
+        except EngineError:
+            self.check_alive()
+            raise
+
+    def root_pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.alive() else None
+
+    def memory_report(self) -> MemoryComponents | None:
+        if self._proc is None:
+            return None
+        buffers = parse_buffers(read_tail(self._proc.log_path, n_lines=100_000, max_bytes=4_000_000))
+        if not buffers.buffers:
+            return None
+        kv = buffers.kv_cache
+        vram = any(not dev.upper().startswith("CPU") and not dev.upper().endswith("_HOST") for dev in buffers.devices)
+        return MemoryComponents(
+            source="llamacpp-log",
+            weights_bytes=buffers.total("weights"),
+            kv_pool_bytes=kv.size_bytes if kv else buffers.total("kv"),
+            kv_tokens=kv.cells if kv else None,
+            compute_bytes=buffers.total("compute"),
+            device_resident=vram,
+            extra={"kv_type": kv.k_type if kv else None, "devices": list(buffers.devices)},
+        )
+
+    def log_tail(self, n_lines: int = 40) -> str:
+        return self._proc.log_tail(n_lines) if self._proc is not None else ""
+
+    def _require_proc(self) -> ManagedProcess:
+        if self._proc is None:
+            raise RuntimeError("engine not started")
+        return self._proc
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            proc.stop(self.cfg.stop_timeout_s)
+
+    def close(self) -> None:
+        self.stop()
+        self._client.close()

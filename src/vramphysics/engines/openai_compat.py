@@ -1,0 +1,142 @@
+"""Streaming `/v1/completions` and `/v1/chat/completions` (llama.cpp and vLLM servers)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from vramphysics.engines.base import Completion, Usage
+from vramphysics.errors import EngineError
+
+
+def iter_sse_data(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Decode the `data:` events of a server-sent event stream until `[DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        if not payload:
+            continue
+        try:
+            event = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            raise EngineError("request_failed", f"malformed stream event: {payload[:80]!r}") from exc
+        if isinstance(event, dict):
+            if "error" in event:
+                raise EngineError("request_failed", f"engine error in stream: {event['error']}")
+            yield event
+
+
+def _logprob_tokens(event: dict[str, Any]) -> int:
+    """Tokens the engine itself lists in a chunk's `logprobs` (completions API)."""
+    choices = event.get("choices") or []
+    if not choices:
+        return 0
+    lp = choices[0].get("logprobs") or {}
+    tokens = lp.get("tokens") if isinstance(lp, dict) else None
+    return len(tokens) if isinstance(tokens, list) else 0
+
+
+def _chunk_text(event: dict[str, Any]) -> str:
+    choices = event.get("choices") or []
+    if not choices:
+        return ""
+    choice = choices[0]
+    if "text" in choice:
+        return choice.get("text") or ""
+    delta = choice.get("delta") or {}
+    return delta.get("content") or ""
+
+
+def stream_completion(
+    client: httpx.Client,
+    url: str,
+    payload: dict[str, Any],
+    *,
+    timeout_s: float,
+    count_tokens: Callable[[str], int] | None = None,
+    model_id: str | None = None,
+) -> Completion:
+    """POST a streamed request; TTFT is the first chunk that carries text (not a role chunk).
+
+    Output tokens come from the stream's usage object when the engine sends one; else from the
+    tokens the engine lists in each chunk's `logprobs` (ask for them with `"logprobs": 1`); else
+    from `count_tokens` (the engine's own tokenizer) on the text. Prompt tokens without a usage
+    object come from `count_tokens` on the prompt.
+    """
+    body = dict(payload, stream=True)
+    sent = time.monotonic()
+    first = last = None
+    n_chunks = 0
+    usage_obj: dict[str, Any] | None = None
+    parts: list[str] = []
+    n_logprob_tokens = 0
+    try:
+        with client.stream("POST", url, json=body, timeout=timeout_s) as response:
+            if response.status_code != 200:
+                response.read()
+                raise EngineError(
+                    "request_failed",
+                    f"HTTP {response.status_code} from {url}: {response.text[:200]}",
+                    model_id=model_id,
+                )
+            for event in iter_sse_data(response.iter_lines()):
+                now = time.monotonic()
+                if event.get("usage"):
+                    usage_obj = event["usage"]
+                n_logprob_tokens += _logprob_tokens(event)
+                text = _chunk_text(event)
+                if text:
+                    n_chunks += 1
+                    parts.append(text)
+                    if first is None:
+                        first = now
+                    last = now
+                if time.monotonic() - sent > timeout_s:
+                    raise EngineError("timeout", f"request ran past {timeout_s:.0f} s", model_id=model_id)
+    except httpx.TimeoutException as exc:
+        raise EngineError("timeout", f"no answer within {timeout_s:.0f} s from {url}", model_id=model_id) from exc
+    except httpx.TransportError as exc:
+        raise EngineError("request_failed", f"{type(exc).__name__} talking to {url}", model_id=model_id) from exc
+    end = time.monotonic()
+    if usage_obj is not None:
+        usage = Usage(
+            prompt_tokens=usage_obj.get("prompt_tokens"),
+            completion_tokens=usage_obj.get("completion_tokens"),
+            source="engine-usage",
+        )
+    elif n_logprob_tokens:
+        usage = Usage(
+            prompt_tokens=_prompt_tokens(payload, count_tokens),
+            completion_tokens=n_logprob_tokens,
+            source="engine-logprobs",
+        )
+    elif count_tokens is not None:
+        usage = Usage(
+            prompt_tokens=_prompt_tokens(payload, count_tokens),
+            completion_tokens=count_tokens("".join(parts)) if parts else 0,
+            source="engine-tokenizer",
+        )
+    else:
+        usage = Usage(prompt_tokens=None, completion_tokens=None, source="none")
+    return Completion(
+        sent_s=sent,
+        first_text_s=first,
+        last_text_s=last,
+        end_s=end,
+        usage=usage,
+        n_chunks=n_chunks,
+    )
+
+
+def _prompt_tokens(payload: dict[str, Any], count_tokens: Callable[[str], int] | None) -> int | None:
+    prompt = payload.get("prompt")
+    if count_tokens is None or not isinstance(prompt, str):
+        return None
+    return count_tokens(prompt)

@@ -1,0 +1,606 @@
+"""Facts from vLLM's own words: its server log and its Prometheus ``/metrics`` text.
+
+A pure parser: text in, frozen records out (``parse_log_file`` is the one function that reads a
+file). It knows the log lines of vLLM's V0 engine (0.4 to 0.8), of the V1 engine (0.7 onwards)
+and of the newest releases, on GPU and on CPU, under the prefixes each version and launcher puts
+in front of them (``INFO 05-12 10:11:12 [gpu_worker.py:227]``, ``(EngineCore_DP0 pid=456)``,
+docker and CI timestamps, ANSI colours). Real excerpts live in ``tests/fixtures/vllm_logs``.
+
+Figures are only ever read, never guessed: a figure the log does not state is ``None``. The one
+convention applied is vLLM's own V0 default block size of 16 (see ``_resolve_block_size``).
+
+Units: vLLM prints ``GB`` in some versions (``Loading model weights took 14.9888 GB``) but
+computes it as bytes / 2**30, so every ``GB`` here is a GiB. All sizes come out in bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+FailureKind = Literal[
+    "kv_too_small", "cuda_oom", "insufficient_free_memory", "model_not_found", "other"
+]
+Device = Literal["gpu", "cpu"]
+
+GIB = 2**30
+_UNIT_BYTES = {"GiB": GIB, "GB": GIB, "MiB": 2**20, "MB": 2**20}
+
+# vLLM's default KV block size (tokens per block) on GPUs in the V0 engine and early V1.
+V0_DEFAULT_BLOCK_SIZE = 16
+# Block sizes tried when reading the block size back from the "Maximum concurrency" line.
+_BLOCK_SIZE_CANDIDATES = tuple(2**i for i in range(12))  # 1 .. 2048
+
+_NUM = r"\d+(?:\.\d+)?"
+_INT = r"\d{1,3}(?:,\d{3})+|\d+"  # 1,234,560 or 1234560
+_SIZE = rf"(?P<num>{_NUM}) ?(?P<unit>GiB|GB|MiB|MB)\b"
+
+# --- Line prefixes ------------------------------------------------------------------------
+
+# ESC[0;36m ... ESC[0m; also the "^[[" form that copy-pasted logs carry.
+_ANSI = re.compile(r"(?:\x1b|\^\[)\[[0-9;?]*[A-Za-z]")
+# One prefix token at the start of a line; stripped repeatedly.
+_PREFIX = re.compile(
+    r"""^(?:
+        [\s│┃|]+                                 # indentation, k9s box borders
+      | \[?\d{4}-\d{2}-\d{2}[T\ ][\d:.,]+Z?\]?   # 2025-10-14T23:59:26.998Z  [2026-02-24T20:21:58Z]
+      | \([\w\ .:-]*pid=\d+\)                    # (APIServer pid=1)  (EngineCore_DP0 pid=456)
+      | \[rank\d+\]:                             # [rank0]:
+      | \[Stage-\d+\]                            # [Stage-1] (vllm-omni)
+    )""",
+    re.VERBOSE,
+)
+# INFO 05-12 10:11:12 [gpu_worker.py:227]    (0.8 onwards)
+# INFO 07-17 23:41:16 model_runner.py:559]   (0.4 to 0.7)
+_LEVEL = re.compile(
+    r"^(?P<level>DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\s+"
+    r"(?:\d{2}-\d{2}\s+\d{2}:\d{2}:\d{2}(?:\.\d+)?\s+)?"
+    r"(?:\[[^\]\s]+:\d+\]|[\w./-]+\.py:\d+\])\s?"
+)
+
+# --- Figures ------------------------------------------------------------------------------
+
+# V0:      "Loading model weights took 14.9888 GB"
+# V0 0.8 / V1: "Model loading took 14.9888 GB and 28.719376 seconds"
+# V1:      "Model loading took 2.2845 GiB and 74.270197 seconds"
+# newest:  "Model loading took 12.66 GiB memory and 31.657031 seconds"
+_WEIGHTS = re.compile(rf"(?:Loading model weights|Model loading) took {_SIZE}")
+# V0 profile summary (a fallback, rounded to 2 decimals): "model weights take 0.47GiB; ..."
+_WEIGHTS_SUMMARY = re.compile(rf"model weights take {_SIZE}")
+
+# V1 and newer:  "Available KV cache memory: 6.51 GiB"  ("... 37.18 GiB (process-scoped)")
+_AVAILABLE_KV = re.compile(rf"Available KV cache memory: {_SIZE}")
+# V0 0.6.6-0.8:  "... the rest of the memory reserved for KV Cache is 13.40GiB."
+_KV_RESERVED_V0 = re.compile(rf"memory reserved for KV Cache is {_SIZE}")
+# V0 0.6.4-0.6.5: "Memory profiling results: ... kv_cache_size=2.89GiB gpu_memory_utilization=0.90"
+_KV_PROFILE_V0 = re.compile(rf"\bkv_cache_size={_SIZE}")
+# --kv-cache-memory: "Reserved 4.0 GiB memory for KV Cache as specified by kv_cache_memory_bytes"
+_KV_RESERVED_EXPLICIT = re.compile(rf"[Rr]eserved {_SIZE} memory for KV Cache")
+# CPU (VLLM_CPU_KVCACHE_SPACE): "Explicitly set (1.0/7.84) GiB for KV cache on node 0."
+_CPU_KV_SPACE = re.compile(rf"Explicitly set \((?P<num>{_NUM})/{_NUM}\) GiB for KV cache")
+
+# V1: "GPU KV cache size: 42,656 tokens"
+# newest, merged: "CPU KV cache size: 524,288 tokens, Maximum concurrency for 2,048 tokens ..."
+_KV_TOKENS = re.compile(rf"\b(?P<dev>[A-Za-z]+) KV cache size: (?P<tokens>{_INT}) tokens")
+# V0:     "# GPU blocks: 27089, # CPU blocks: 2048"   (the CPU blocks there are swap space)
+# V0 0.7: "# CUDA blocks: 1258, # CPU blocks: 4096";  0.8: "# cuda blocks: 12200, ..."
+# V0 CPU: "# cpu blocks: 1170, # CPU blocks: 0";  V1 0.7: "# GPU blocks: 127626"
+_BLOCKS = re.compile(
+    r"(?:#\s*)?\b(?P<dev>(?i:gpu|cpu|cuda|rocm|xpu|hpu|tpu|npu|neuron)) blocks: (?P<blocks>\d+)"
+)
+# V1 stat logger: "Engine 000: vllm cache_config_info with initialization after num_gpu_blocks is: 2762"
+_BLOCKS_V1_INIT = re.compile(r"num_gpu_blocks is: (?P<blocks>\d+)")
+# "Overriding num_gpu_blocks=0 with num_gpu_blocks_override=512"
+_BLOCKS_OVERRIDE = re.compile(
+    r"Overriding num_gpu_blocks=\d+ with num_gpu_blocks_override=(?P<blocks>\d+)"
+)
+# "Maximum concurrency for 32,768 tokens per request: 1.30x"  (0.6: "... 131072 tokens ...")
+_CONCURRENCY = re.compile(
+    rf"Maximum concurrency for (?P<tokens>{_INT}) tokens per request: (?P<x>{_NUM})x"
+)
+# args dumps: "Namespace(..., block_size=16, ...)", "non-default args: {'block_size': 32}",
+# or a pasted metrics label 'block_size="128"'
+_BLOCK_SIZE_ARG = re.compile(r"""(?:\bblock_size=|['"]block_size['"]:\s*)["']?(?P<bs>\d+)""")
+# "Initializing ... with config: ..., max_seq_len=131072, ..."; "Namespace(..., max_model_len=8192"
+# "non-default args: {'max_model_len': 2048}";  0.10+: "Using max model len 32768"
+_MAX_MODEL_LEN = re.compile(
+    r"""(?:\bmax_seq_len=|\bmax_model_len=|['"]max_model_len['"]:\s*|Using max model len )"""
+    r"(?P<n>\d+)"
+)
+# "Graph capturing finished in 14 secs, took 0.21 GiB"  (before Nov 2024: no "took" part)
+_CUDA_GRAPH = re.compile(rf"Graph capturing finished in {_NUM} secs?, took {_SIZE}")
+
+# "vLLM API server version 0.7.1"
+_VERSION_API = re.compile(r"vLLM API server version v?(?P<v>\d[\w.+-]*)")
+# "Initializing an LLM engine (v0.6.1.dev238+ge2c6e0a82) with config"
+# "Initializing a V1 LLM engine (v0.10.2) with config"
+_VERSION_ENGINE = re.compile(r"Initializing an? (?:V\d+ )?LLM engine \(v?(?P<v>[^)\s]+)\) with config")
+# newest start-up banner: "▄▄ ▄█ █     █     █ ▀▄▀ █  version 0.16.0"
+_VERSION_BANNER = re.compile(r"[█▄▀]\s+version\s+v?(?P<v>\d[\w.+-]*)")
+
+# "... kv_cache_dtype=auto, device_config=cuda, ..."
+_DEVICE_CONFIG = re.compile(r"\bdevice_config=(?P<dev>\w+)")
+# "Automatically detected platform cuda."
+_PLATFORM = re.compile(r"Automatically detected platform (?P<dev>\w+)")
+_DEVICE_WORDS: dict[str, Device] = {
+    "gpu": "gpu",
+    "cuda": "gpu",
+    "rocm": "gpu",
+    "xpu": "gpu",
+    "cpu": "cpu",
+}
+
+# --- Failures -----------------------------------------------------------------------------
+
+# V0 / early V1: "ValueError: The model's max seq len (32768) is larger than the maximum number
+# of tokens that can be stored in KV cache (16816). Try increasing `gpu_memory_utilization` ..."
+_KV_TOO_SMALL_V0 = re.compile(
+    r"max seq len \((?P<max_len>\d+)\) is larger than the maximum number of tokens that can be "
+    r"stored in KV cache \((?P<max_context>\d+)\)"
+)
+# V1: "ValueError: To serve at least one request with the models's max seq len (221000), (10.12
+# GiB KV cache is needed, which is larger than the available KV cache memory (5.59 GiB). Based
+# on the available memory, the estimated maximum model length is 122080. Try increasing ..."
+_KV_TOO_SMALL_V1 = re.compile(r"To serve at least one request with the models?'s max seq len")
+_KV_ESTIMATE = re.compile(r"estimated maximum model length is (?P<max_context>\d+)")
+# "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`"
+_NO_CACHE_BLOCKS = re.compile(r"No available memory for the cache blocks")
+# "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 50.00 MiB. GPU 0 has ..."
+# "RuntimeError: CUDA driver error: out of memory";  "RuntimeError: CUDA error: out of memory"
+_CUDA_OOM = re.compile(r"(?:CUDA|HIP) out of memory|CUDA (?:driver )?error: out of memory")
+# "ValueError: Free memory on device cuda:0 (1.54/22.05 GiB) on startup is less than desired GPU
+# memory utilization (0.9, 19.84 GiB). Decrease GPU memory utilization or reduce GPU memory ..."
+# (Not the newer INFO line "Free memory on device (31.23/31.86 GiB) on startup. Desired GPU
+# memory utilization is (0.97, 30.9 GiB). ...", which every successful start prints.)
+_FREE_MEMORY = re.compile(
+    r"Free memory on device.*? on startup is less than desired GPU memory utilization"
+)
+# "huggingface_hub.errors.RepositoryNotFoundError: 401 Client Error. (Request ID: ...)"
+# "Repository Not Found for url: https://huggingface.co/Qwen/.../config.json."
+# "requests.exceptions.HTTPError: 404 Client Error: Not Found for url: https://huggingface.co/..."
+# "OSError: Qwen/Qwen3.5-27B-AWQ is not a local folder and is not a valid model identifier ..."
+# "OSError: /models/x does not appear to have a file named config.json. Checkout ..."
+# "huggingface_hub.errors.HFValidationError: Repo id must be in the form 'repo_name' ..."
+_MODEL_NOT_FOUND = re.compile(
+    r"RepositoryNotFoundError|Repository Not Found for url|\b40[134] Client Error"
+    r"|is not a local folder and is not a valid model identifier"
+    r"|does not appear to have a file named config\.json|Cannot access gated repo"
+    r"|HFValidationError"
+)
+# "ValueError: ...", "torch.OutOfMemoryError: ...", "vllm.v1.engine.exceptions.EngineDeadError: ..."
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)(?::\s|:?$)")
+# Exceptions that only say "the real cause is above".
+_WRAPPER = re.compile(
+    r"Engine core initialization failed|EngineDeadError|EngineCore encountered an issue"
+)
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+@dataclass(frozen=True)
+class VllmFailure:
+    """Why a vLLM server failed, as its log says.
+
+    ``max_context`` is the longest context vLLM says would fit (``kv_too_small`` only, and only
+    when the message states it); ``message`` is the log line it was read from, without prefixes.
+    """
+
+    kind: FailureKind
+    message: str
+    max_context: int | None = None
+
+
+@dataclass(frozen=True)
+class VllmLogFacts:
+    """The figures one vLLM server log states; ``None`` wherever it does not state them.
+
+    When a figure appears more than once (several workers, or restarts in one log) the last one
+    wins. ``concurrency_tokens`` is the per-request length of the "Maximum concurrency" line,
+    which vLLM computes from its ``max_model_len``.
+    """
+
+    weights_bytes: int | None = None
+    available_kv_bytes: int | None = None
+    kv_cache_tokens: int | None = None
+    num_gpu_blocks: int | None = None
+    block_size: int | None = None
+    max_concurrency: float | None = None
+    concurrency_tokens: int | None = None
+    max_model_len: int | None = None
+    cuda_graph_bytes: int | None = None
+    vllm_version: str | None = None
+    device: Device | None = None
+    failure: VllmFailure | None = None
+
+    @property
+    def kv_bytes_per_token(self) -> float | None:
+        """``available_kv_bytes / kv_cache_tokens``: approximate.
+
+        The log prints the pool in GiB rounded to 2 decimals, so for a 1 GiB pool this is off by
+        up to 0.5% (a 50 GiB pool: 0.01%). For hybrid models (sliding window, Mamba, several KV
+        groups) newer vLLM derives its token count from the concurrency, so this ratio is not a
+        per-token cost there. ``/metrics`` (``parse_metrics``) gives exact bytes.
+        """
+        if self.available_kv_bytes is None or not self.kv_cache_tokens:
+            return None
+        return self.available_kv_bytes / self.kv_cache_tokens
+
+
+@dataclass(frozen=True)
+class VllmMetricsFacts:
+    """What vLLM's ``/metrics`` says of its KV cache (``vllm:cache_config_info`` and usage).
+
+    ``kv_cache_usage_perc`` is a fraction (1.0 = full) from ``vllm:kv_cache_usage_perc``, or
+    from the older ``vllm:gpu_cache_usage_perc``; with several engines, the fullest one.
+    """
+
+    kv_cache_memory_bytes: int | None = None
+    kv_cache_size_tokens: int | None = None
+    num_gpu_blocks: int | None = None
+    block_size: int | None = None
+    gpu_memory_utilization: float | None = None
+    cache_dtype: str | None = None
+    kv_cache_usage_perc: float | None = None
+
+    @property
+    def kv_bytes_per_token(self) -> float | None:
+        """``kv_cache_memory_bytes / kv_cache_size_tokens``: exact, both are integers."""
+        if self.kv_cache_memory_bytes is None or not self.kv_cache_size_tokens:
+            return None
+        return self.kv_cache_memory_bytes / self.kv_cache_size_tokens
+
+
+# --- Public functions ---------------------------------------------------------------------
+
+
+def parse_log(text: str, *, metrics: VllmMetricsFacts | None = None) -> VllmLogFacts:
+    """Read every figure a vLLM server log states (see ``VllmLogFacts``).
+
+    ``metrics``, when given, supplies the block size for V0 logs that print only a block count.
+    """
+    acc = _Accumulator()
+    for level, msg in _messages(text):
+        acc.take(msg)
+    block_size = _resolve_block_size(acc, metrics)
+    tokens = acc.kv_tokens
+    if tokens is None and acc.num_gpu_blocks is not None and block_size is not None:
+        tokens = acc.num_gpu_blocks * block_size
+    weights = acc.weights_bytes if acc.weights_bytes is not None else acc.weights_summary_bytes
+    return VllmLogFacts(
+        weights_bytes=weights,
+        available_kv_bytes=acc.available_kv_bytes,
+        kv_cache_tokens=tokens,
+        num_gpu_blocks=acc.num_gpu_blocks,
+        block_size=block_size,
+        max_concurrency=acc.max_concurrency,
+        concurrency_tokens=acc.concurrency_tokens,
+        max_model_len=acc.max_model_len,
+        cuda_graph_bytes=acc.cuda_graph_bytes,
+        vllm_version=acc.vllm_version,
+        device=acc.device,
+        failure=classify_failure(text),
+    )
+
+
+def parse_log_file(path: str | Path) -> VllmLogFacts:
+    """``parse_log`` of a log file (undecodable bytes are replaced, not fatal)."""
+    return parse_log(Path(path).read_text(encoding="utf-8", errors="replace"))
+
+
+def classify_failure(text: str) -> VllmFailure | None:
+    """Why vLLM failed, or ``None`` when the log shows no error.
+
+    A specific kind (``kv_too_small``, ``insufficient_free_memory``, ``cuda_oom``,
+    ``model_not_found``) beats ``other``; among specific ones the first in the log wins, as
+    later errors are usually consequences. ``other`` means a traceback, an exception line or an
+    ERROR line with nothing more specific; its message is the root-cause exception when there is
+    one (not vLLM's "Engine core initialization failed. See root cause above." wrapper).
+    """
+    messages = list(_messages(text))
+    for _level, msg in messages:
+        failure = _specific_failure(msg)
+        if failure is not None:
+            return failure
+    return _other_failure(messages)
+
+
+def parse_metrics(text: str) -> VllmMetricsFacts:
+    """Read the KV-cache figures of a Prometheus text exposition from vLLM's ``/metrics``.
+
+    Samples with several label sets (one per engine) all count: the last
+    ``vllm:cache_config_info`` wins, the highest usage wins. Malformed lines are skipped.
+    """
+    info: dict[str, str] = {}
+    usage: list[float] = []
+    usage_old: list[float] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        sample = _parse_sample(line)
+        if sample is None:
+            logger.debug("skipping a /metrics line that is not a sample: %r", line)
+            continue
+        name, labels, value = sample
+        if name == "vllm:cache_config_info":
+            info = labels
+        elif name == "vllm:kv_cache_usage_perc":
+            usage.append(value)
+        elif name == "vllm:gpu_cache_usage_perc":
+            usage_old.append(value)
+    usage_values = usage or usage_old
+    return VllmMetricsFacts(
+        kv_cache_memory_bytes=_label_int(info, "kv_cache_memory_bytes"),
+        kv_cache_size_tokens=_label_int(info, "kv_cache_size_tokens"),
+        num_gpu_blocks=_label_int(info, "num_gpu_blocks"),
+        block_size=_label_int(info, "block_size"),
+        gpu_memory_utilization=_label_float(info, "gpu_memory_utilization"),
+        cache_dtype=_label_str(info, "cache_dtype"),
+        kv_cache_usage_perc=max(usage_values) if usage_values else None,
+    )
+
+
+def to_json_dict(facts: VllmLogFacts) -> dict[str, object]:
+    """A JSON-ready dict of log facts: sizes in bytes as integers, absent figures as null."""
+    failure = facts.failure
+    return {
+        "weights_bytes": facts.weights_bytes,
+        "available_kv_bytes": facts.available_kv_bytes,
+        "kv_cache_tokens": facts.kv_cache_tokens,
+        "max_model_len": facts.max_model_len,
+        "failure": None
+        if failure is None
+        else {"kind": failure.kind, "message": failure.message, "max_context": failure.max_context},
+        "num_gpu_blocks": facts.num_gpu_blocks,
+        "block_size": facts.block_size,
+        "max_concurrency": facts.max_concurrency,
+        "concurrency_tokens": facts.concurrency_tokens,
+        "cuda_graph_bytes": facts.cuda_graph_bytes,
+        "vllm_version": facts.vllm_version,
+        "kv_bytes_per_token": facts.kv_bytes_per_token,
+        "device": facts.device,
+    }
+
+
+# --- Log scanning -------------------------------------------------------------------------
+
+
+class _Accumulator:
+    """The last value of each figure seen so far, while scanning one log."""
+
+    def __init__(self) -> None:
+        self.weights_bytes: int | None = None
+        self.weights_summary_bytes: int | None = None
+        self.available_kv_bytes: int | None = None
+        self.kv_tokens: int | None = None
+        self.num_gpu_blocks: int | None = None
+        self.block_size_arg: int | None = None
+        self.max_concurrency: float | None = None
+        self.concurrency_tokens: int | None = None
+        self.max_model_len: int | None = None
+        self.cuda_graph_bytes: int | None = None
+        self.vllm_version: str | None = None
+        self.device: Device | None = None
+
+    def take(self, msg: str) -> None:
+        """Record every figure one log message states."""
+        if m := _WEIGHTS.search(msg):
+            self.weights_bytes = _bytes(m)
+        if m := _WEIGHTS_SUMMARY.search(msg):
+            self.weights_summary_bytes = _bytes(m)
+        for pattern in (_AVAILABLE_KV, _KV_RESERVED_V0, _KV_PROFILE_V0, _KV_RESERVED_EXPLICIT):
+            if m := pattern.search(msg):
+                self.available_kv_bytes = _bytes(m)
+        if m := _CPU_KV_SPACE.search(msg):
+            self.available_kv_bytes = round(float(m["num"]) * GIB)
+            self.device = "cpu"
+        if m := _KV_TOKENS.search(msg):
+            self.kv_tokens = _int(m["tokens"])
+            self._set_device(m["dev"])
+        if m := _BLOCKS.search(msg):
+            self.num_gpu_blocks = int(m["blocks"])
+            self._set_device(m["dev"])
+        for pattern in (_BLOCKS_V1_INIT, _BLOCKS_OVERRIDE):
+            if m := pattern.search(msg):
+                self.num_gpu_blocks = int(m["blocks"])
+        if m := _CONCURRENCY.search(msg):
+            self.concurrency_tokens = _int(m["tokens"])
+            self.max_concurrency = float(m["x"])
+        if m := _BLOCK_SIZE_ARG.search(msg):
+            self.block_size_arg = int(m["bs"])
+        if m := _MAX_MODEL_LEN.search(msg):
+            self.max_model_len = int(m["n"])
+        if m := _CUDA_GRAPH.search(msg):
+            self.cuda_graph_bytes = _bytes(m)
+        for pattern in (_VERSION_API, _VERSION_ENGINE, _VERSION_BANNER):
+            if m := pattern.search(msg):
+                self.vllm_version = m["v"]
+        for pattern in (_DEVICE_CONFIG, _PLATFORM):
+            if m := pattern.search(msg):
+                self._set_device(m["dev"])
+
+    def _set_device(self, word: str) -> None:
+        device = _DEVICE_WORDS.get(word.lower())
+        if device is not None:
+            self.device = device
+
+
+def _resolve_block_size(acc: _Accumulator, metrics: VllmMetricsFacts | None) -> int | None:
+    """The KV block size, from the first of these that tells.
+
+    1. a ``block_size`` in the log's args dump, or in ``metrics``;
+    2. the "Maximum concurrency" line, which vLLM (V0, early V1) computes as
+       blocks × block_size / max_model_len and prints with 2 decimals: the one power of two that
+       reproduces the printed figure exactly (V0 on CPU uses 128, not 16);
+    3. vLLM's GPU default of 16, when the log prints a block count, does not run on the CPU, and
+       has no concurrency line contradicting it.
+    """
+    if metrics is not None and metrics.block_size is not None:
+        return metrics.block_size
+    if acc.block_size_arg is not None:
+        return acc.block_size_arg
+    if acc.num_gpu_blocks is None:
+        return None
+    if acc.max_concurrency is not None and acc.concurrency_tokens:
+        return _infer_block_size(acc.num_gpu_blocks, acc.concurrency_tokens, acc.max_concurrency)
+    if acc.device == "cpu":
+        return None
+    return V0_DEFAULT_BLOCK_SIZE
+
+
+def _infer_block_size(blocks: int, tokens_per_request: int, concurrency: float) -> int | None:
+    shown = f"{concurrency:.2f}"
+    fits = [
+        size
+        for size in _BLOCK_SIZE_CANDIDATES
+        if f"{blocks * size / tokens_per_request:.2f}" == shown
+    ]
+    return fits[0] if len(fits) == 1 else None
+
+
+def _messages(text: str) -> list[tuple[str | None, str]]:
+    """Each log line as (level or None, message without colours and prefixes)."""
+    return [_split_line(line) for line in _ANSI.sub("", text).splitlines()]
+
+
+def _split_line(line: str) -> tuple[str | None, str]:
+    rest = line
+    while m := _PREFIX.match(rest):
+        rest = rest[m.end() :]
+    level = None
+    if m := _LEVEL.match(rest):
+        level = "WARNING" if m["level"] == "WARN" else m["level"]
+        rest = rest[m.end() :]
+    return level, rest.rstrip().rstrip("│┃").rstrip()
+
+
+def _bytes(m: re.Match[str]) -> int:
+    return round(float(m["num"]) * _UNIT_BYTES[m["unit"]])
+
+
+def _int(digits: str) -> int:
+    return int(digits.replace(",", ""))
+
+
+# --- Failure classification ---------------------------------------------------------------
+
+
+def _specific_failure(msg: str) -> VllmFailure | None:
+    if m := _KV_TOO_SMALL_V0.search(msg):
+        return VllmFailure("kv_too_small", msg, int(m["max_context"]))
+    if _KV_TOO_SMALL_V1.search(msg):
+        estimate = _KV_ESTIMATE.search(msg)
+        return VllmFailure("kv_too_small", msg, int(estimate["max_context"]) if estimate else None)
+    if _NO_CACHE_BLOCKS.search(msg):
+        return VllmFailure("kv_too_small", msg)
+    if _FREE_MEMORY.search(msg):
+        return VllmFailure("insufficient_free_memory", msg)
+    if _CUDA_OOM.search(msg):
+        return VllmFailure("cuda_oom", msg)
+    if _MODEL_NOT_FOUND.search(msg):
+        return VllmFailure("model_not_found", msg)
+    return None
+
+
+def _other_failure(messages: list[tuple[str | None, str]]) -> VllmFailure | None:
+    exceptions = [msg for _level, msg in messages if _EXCEPTION_LINE.match(msg)]
+    root_causes = [msg for msg in exceptions if not _WRAPPER.search(msg)]
+    if root_causes:
+        return VllmFailure("other", root_causes[0])
+    if exceptions:
+        return VllmFailure("other", exceptions[0])
+    for level, msg in messages:
+        if _WRAPPER.search(msg) or (level in ("ERROR", "CRITICAL") and msg):
+            return VllmFailure("other", msg)
+    tracebacks = [i for i, (_level, msg) in enumerate(messages) if _TRACEBACK in msg]
+    if tracebacks:
+        tail = [msg for _level, msg in messages[tracebacks[-1] :] if msg]
+        return VllmFailure("other", tail[-1])
+    return None
+
+
+# --- Prometheus text ----------------------------------------------------------------------
+
+# "vllm:cache_config_info{block_size=\"16\",...} 1.0"
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
+
+
+def _parse_sample(line: str) -> tuple[str, dict[str, str], float] | None:
+    """``name{labels} value [timestamp]`` of the Prometheus text format, or ``None``."""
+    m = _METRIC_NAME.match(line)
+    if m is None:
+        return None
+    labels: dict[str, str] = {}
+    pos = m.end()
+    if line.startswith("{", pos):
+        parsed = _parse_labels(line, pos + 1)
+        if parsed is None:
+            return None
+        labels, pos = parsed
+    fields = line[pos:].split()
+    if not fields:
+        return None
+    try:
+        value = float(fields[0])
+    except ValueError:
+        return None
+    return m.group(), labels, value
+
+
+def _parse_labels(line: str, pos: int) -> tuple[dict[str, str], int] | None:
+    """Labels from just after ``{`` to just after ``}``; values may hold \\\\, \\" and \\n."""
+    labels: dict[str, str] = {}
+    while True:
+        while line.startswith(" ", pos):
+            pos += 1
+        if line.startswith("}", pos):
+            return labels, pos + 1
+        name = _LABEL_NAME.match(line, pos)
+        if name is None or not line.startswith('="', name.end()):
+            return None
+        pos = name.end() + 2
+        chars: list[str] = []
+        while pos < len(line) and line[pos] != '"':
+            if line[pos] == "\\" and pos + 1 < len(line):
+                escaped = line[pos + 1]
+                chars.append(_ESCAPES.get(escaped, "\\" + escaped))
+                pos += 2
+            else:
+                chars.append(line[pos])
+                pos += 1
+        if pos >= len(line):
+            return None  # unterminated value
+        labels[name.group()] = "".join(chars)
+        pos += 1
+        while line.startswith(" ", pos):
+            pos += 1
+        if line.startswith(",", pos):
+            pos += 1
+        elif not line.startswith("}", pos):
+            return None
+
+
+def _label_str(labels: dict[str, str], key: str) -> str | None:
+    value = labels.get(key)
+    return None if value in (None, "", "None") else value
+
+
+def _label_int(labels: dict[str, str], key: str) -> int | None:
+    value = _label_str(labels, key)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _label_float(labels: dict[str, str], key: str) -> float | None:
+    value = _label_str(labels, key)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,200 @@
+"""From journal records to what the database and the report need (pure: no I/O).
+
+Points are grouped per (engine, model, device, probe); each group with enough points becomes a
+physics entry. The model key in the database is the ID without runtime flags, so `#ctx=…` or
+`#stream` do not split one model's physics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from vramphysics.calibrate import Fit, NotEnoughPoints, fit_linear
+from vramphysics.physics_db import PhysicsEntry
+from vramphysics.records import (
+    BenchResult,
+    CalibrationPoint,
+    ModelInfo,
+    Record,
+    RunHeader,
+    StatusRow,
+    Warning_,
+)
+from vramphysics.setups import parse_model_id
+
+
+def model_key(model_id: str) -> str:
+    spec = parse_model_id(model_id)
+    return f"{spec.prefix}{spec.name}"
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model's line in the Calibration sheet."""
+
+    model: str
+    engine: str
+    status: str
+    reason: str
+    device: str | None
+    probe: str | None
+    fit: Fit | None
+    theory: dict[str, Any] | None
+    engine_version: str | None
+    engine_kv_bytes_per_token: float | None
+    failures: tuple[StatusRow, ...] = ()
+    warnings: tuple[Warning_, ...] = ()
+
+    @property
+    def theory_kv_bytes_per_token(self) -> float | None:
+        return None if not self.theory else self.theory.get("kv_bytes_per_token")
+
+    @property
+    def measured_over_theory(self) -> float | None:
+        t = self.theory_kv_bytes_per_token
+        if self.fit is None or not t:
+            return None
+        return self.fit.cost_per_token_bytes / float(t)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    header: RunHeader | None
+    models: tuple[ModelRow, ...]
+    points: tuple[CalibrationPoint, ...]
+    benches: tuple[BenchResult, ...]
+    failures: tuple[StatusRow, ...]
+    warnings: tuple[Warning_, ...]
+    entries: tuple[PhysicsEntry, ...]
+    engine_versions: dict[str, str] = field(default_factory=dict)
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(Counter(m.status for m in self.models))
+
+
+def _engine_kv_per_token(points: list[CalibrationPoint]) -> float | None:
+    vals = []
+    for p in points:
+        comp = p.engine_components
+        if comp.get("kv_pool_bytes") and comp.get("kv_tokens"):
+            vals.append(comp["kv_pool_bytes"] / comp["kv_tokens"])
+    return sum(vals) / len(vals) if vals else None
+
+
+def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
+    header = next((r for r in records if isinstance(r, RunHeader)), None)
+    infos: dict[str, ModelInfo] = {}
+    points: dict[tuple[str, int], CalibrationPoint] = {}
+    benches: dict[str, BenchResult] = {}
+    finals: dict[str, StatusRow] = {}
+    failures: list[StatusRow] = []
+    warnings: list[Warning_] = []
+    order: list[str] = []
+    for r in records:
+        model = getattr(r, "model", None)
+        if model is not None and model not in order:
+            order.append(model)
+        if isinstance(r, ModelInfo):
+            infos[r.model] = r
+        elif isinstance(r, CalibrationPoint):
+            points.setdefault((r.model, r.ctx), r)  # the first wins: a point is never duplicated
+        elif isinstance(r, BenchResult):
+            benches.setdefault(r.model, r)
+        elif isinstance(r, StatusRow):
+            if r.ctx is None:
+                finals[r.model] = r
+            if r.status == "FAILED":
+                failures.append(r)
+        elif isinstance(r, Warning_):
+            warnings.append(r)
+
+    rows: list[ModelRow] = []
+    entries: list[PhysicsEntry] = []
+    versions: dict[str, str] = {}
+    for model in order:
+        info = infos.get(model)
+        final = finals.get(model)
+        mpoints = sorted((p for (m, _c), p in points.items() if m == model), key=lambda p: p.ctx)
+        engine = info.engine if info else (mpoints[0].engine if mpoints else (final.engine if final else "?"))
+        if info:
+            versions[engine] = info.engine_version
+        fit: Fit | None = None
+        reason = final.reason if final else "not finished (interrupted)"
+        status = final.status if final else ("INCOMPLETE" if mpoints else "FAILED")
+        if mpoints:
+            try:
+                fit = fit_linear([(p.ctx, p.measured_bytes) for p in mpoints], min_points=min_points)
+            except NotEnoughPoints as exc:
+                if status == "OK":
+                    status = "NO_FIT"
+                reason = f"no fit: {exc}"
+        device = mpoints[0].device if mpoints else None
+        probe = mpoints[0].probe if mpoints else None
+        theory = info.theory if info else None
+        bench = benches.get(model)
+        if fit is not None and device is not None and probe is not None:
+            starts = len(mpoints) + (1 if bench is not None and bench.ctx not in {p.ctx for p in mpoints} else 0)
+            entries.append(
+                PhysicsEntry(
+                    engine=engine,
+                    model=model_key(model),
+                    device=device,
+                    probe=probe,
+                    base_bytes=round(fit.base_bytes, 1),
+                    cost_per_token_bytes=round(fit.cost_per_token_bytes, 3),
+                    r2=round(fit.r2, 6),
+                    n_points=fit.n_points,
+                    points=tuple((c, float(b)) for c, b in fit.points),
+                    engine_starts=starts,
+                    theory={
+                        "kv_bytes_per_token": theory.get("kv_bytes_per_token") if theory else None,
+                        "weights_bytes": theory.get("weights_bytes") if theory else None,
+                    },
+                    engine_version=mpoints[-1].engine_version,
+                    calibrated_at=mpoints[-1].at,
+                    base_stderr_bytes=round(fit.base_stderr_bytes, 1),
+                    cost_stderr_bytes=round(fit.cost_stderr_bytes, 3),
+                    device_total_bytes=_device_total(header, device),
+                    driver=header.driver if header else None,
+                    settings=dict(info.settings) if info else {},
+                )
+            )
+        rows.append(
+            ModelRow(
+                model=model,
+                engine=engine,
+                status=status,
+                reason=reason,
+                device=device,
+                probe=probe,
+                fit=fit,
+                theory=theory,
+                engine_version=info.engine_version if info else None,
+                engine_kv_bytes_per_token=_engine_kv_per_token(mpoints),
+                failures=tuple(f for f in failures if f.model == model),
+                warnings=tuple(w for w in warnings if w.model == model),
+            )
+        )
+    return Outcome(
+        header=header,
+        models=tuple(rows),
+        points=tuple(sorted(points.values(), key=lambda p: (order.index(p.model), p.ctx))),
+        benches=tuple(benches.values()),
+        failures=tuple(failures),
+        warnings=tuple(warnings),
+        entries=tuple(entries),
+        engine_versions=versions,
+    )
+
+
+def _device_total(header: RunHeader | None, device: str) -> int | None:
+    if header is None:
+        return None
+    for d in header.devices:
+        if d.get("name") == device:
+            total = d.get("total_bytes")
+            return int(total) if total is not None else None
+    return None
+

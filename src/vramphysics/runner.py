@@ -1,0 +1,454 @@
+"""The runner: test setups -> availability -> calibration sweep -> benchmark -> database -> report.
+
+Every finished step goes to the journal first; the physics database and the Excel report are
+derived from the journal at the end (or by `--report-only RUN_ID`), so an interrupted night keeps
+every finished row and `--resume` redoes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from vramphysics import __version__, physics_db
+from vramphysics.calibrate import measure_point
+from vramphysics.config import Config, load_config
+from vramphysics.engines import create_engine
+from vramphysics.engines.base import Engine
+from vramphysics.engines.process import kill_leftovers
+from vramphysics.errors import ConfigError, EngineError, Interrupted
+from vramphysics.journal import Journal, journal_path, latest_run_id, read_journal
+from vramphysics.outcome import Outcome, build_outcome
+from vramphysics.probes import NvmlStatus, Probe, choose_probe, nvml_status
+from vramphysics.records import (
+    BenchResult,
+    CalibrationPoint,
+    ModelInfo,
+    Record,
+    RunHeader,
+    StatusRow,
+)
+from vramphysics.bench import throughput
+from vramphysics.redact import RedactingFilter, redact
+from vramphysics.report import write_report
+from vramphysics.setups import ModelSpec, load_setups, select_setups
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--setups", type=Path, default=Path("test_setups.yaml"), help="test setups file")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="configuration file")
+    p.add_argument(
+        "--setup", action="append", dest="setup_names", metavar="NAME", help="run this setup (repeatable; default: all)"
+    )
+    p.add_argument("--force-download", action="store_true", help="download missing models")
+    p.add_argument(
+        "--resume", nargs="?", const="latest", metavar="RUN_ID", help="finish an interrupted run (default: latest)"
+    )
+    p.add_argument("--report-only", metavar="RUN_ID", help="rebuild the database and report from a journal")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@dataclass
+class _SignalState:
+    signum: int | None = None
+    skip_report: bool = False
+
+
+@contextmanager
+def _signals_raise() -> Iterator[_SignalState]:
+    """First SIGINT/SIGTERM raises Interrupted (the step in flight stops, engines are stopped in
+    `finally`); a second one only sets `skip_report` so clean-up still completes."""
+    state = _SignalState()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if state.signum is None:
+            state.signum = signum
+            raise Interrupted(signum)
+        state.skip_report = True
+        log.warning("second signal: the report will be skipped; still cleaning up")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{what} folder is not writable: {exc.strerror}", path=folder) from exc
+
+
+@dataclass
+class _Run:
+    """The state of one run (lives only inside `execute`)."""
+
+    cfg: Config
+    run_id: str
+    journal: Journal
+    done: list[Record]
+    nvml: NvmlStatus
+    probe_prefer: str
+    force_download: bool
+    progress: tqdm  # type: ignore[type-arg]
+    engines: dict[str, Engine] = field(default_factory=dict)
+
+    def point_done(self, model: str, ctx: int) -> bool:
+        return any(isinstance(r, CalibrationPoint) and r.model == model and r.ctx == ctx for r in self.done)
+
+    def bench_done(self, model: str) -> bool:
+        return any(isinstance(r, BenchResult) and r.model == model for r in self.done)
+
+    def model_done(self, model: str) -> bool:
+        return any(isinstance(r, StatusRow) and r.model == model and r.ctx is None for r in self.done)
+
+    def record(self, rec: Record) -> None:
+        self.journal.append(rec)
+        self.done.append(rec)
+
+
+def _make_probe_factory(run: _Run) -> Callable[[Engine], Probe]:
+    def make(engine: Engine) -> Probe:
+        probe, _why = choose_probe(run.probe_prefer, engine.root_pid, run.cfg.probes.gpu_index)
+        return probe
+
+    return make
+
+
+def _engine(run: _Run, name: str) -> Engine:
+    if name not in run.engines:
+        run.engines[name] = create_engine(
+            name, run.cfg, state_dir=run.cfg.paths.state_dir, log_dir=run.cfg.paths.state_dir / "logs" / run.run_id
+        )
+    return run.engines[name]
+
+
+def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
+    """Availability, the calibration sweep and the benchmark of one model."""
+    contexts = list(run.cfg.sweep.contexts)
+    bench_ctx = spec.ctx if spec.ctx is not None else max(contexts)
+    if run.model_done(spec.raw):
+        run.progress.update(len(contexts))
+        return
+    try:
+        engine = _engine(run, spec.engine)
+        avail = engine.check_available(spec)
+    except EngineError as exc:
+        _fail(run, spec, spec.engine, exc, ctx=None)
+        run.progress.update(len(contexts))
+        return
+    if not avail.present and run.force_download:
+        try:
+            engine.download(spec)
+            avail = engine.check_available(spec)
+        except EngineError as exc:
+            _fail(run, spec, engine.name, exc, ctx=None)
+            run.progress.update(len(contexts))
+            return
+    theory = None
+    if avail.present:
+        try:
+            t = engine.theory(spec)
+            theory = t.to_dict() if t is not None else None
+        except (ConfigError, OSError, ValueError, KeyError) as exc:
+            log.warning("%s: no theory: %s", spec.raw, exc)
+    if not any(isinstance(r, ModelInfo) and r.model == spec.raw for r in run.done):
+        run.record(
+            ModelInfo(
+                model=spec.raw,
+                setup=setup,
+                engine=engine.name,
+                engine_version=engine.version(),
+                available=avail.present,
+                location=avail.location,
+                theory=theory,
+                settings=engine.settings(),
+            )
+        )
+    if not avail.present:
+        run.record(StatusRow(model=spec.raw, engine=engine.name, status="MISSING", reason=avail.detail))
+        run.progress.update(len(contexts))
+        return
+
+    make_probe = _make_probe_factory(run)
+    n_failed = 0
+    sweep = contexts if bench_ctx in contexts else [*contexts, bench_ctx]
+    for ctx in sweep:
+        calibrating = ctx in contexts
+        need_bench = ctx == bench_ctx and not run.bench_done(spec.raw)
+        if calibrating:
+            run.progress.set_description(f"{spec.raw} ctx={ctx}")
+        if (not calibrating or run.point_done(spec.raw, ctx)) and not need_bench:
+            if calibrating:
+                run.progress.update(1)
+            continue
+        try:
+            _one_start(run, engine, spec, ctx, calibrating=calibrating, bench=need_bench, make_probe=make_probe)
+        except EngineError as exc:
+            n_failed += 1
+            _fail(run, spec, engine.name, exc, ctx=ctx)
+        finally:
+            if calibrating:
+                run.progress.update(1)
+    points = [r for r in run.done if isinstance(r, CalibrationPoint) and r.model == spec.raw]
+    if not points:
+        run.record(
+            StatusRow(model=spec.raw, engine=engine.name, status="FAILED", reason="no context could be measured")
+        )
+    elif len(points) < run.cfg.sweep.min_points:
+        run.record(
+            StatusRow(
+                model=spec.raw,
+                engine=engine.name,
+                status="NO_FIT",
+                reason=f"{len(points)} good point(s); a fit needs {run.cfg.sweep.min_points}",
+            )
+        )
+    else:
+        reason = f"{len(points)} points" + (f", {n_failed} step(s) failed" if n_failed else "")
+        run.record(StatusRow(model=spec.raw, engine=engine.name, status="OK", reason=reason))
+
+
+def _one_start(
+    run: _Run,
+    engine: Engine,
+    spec: ModelSpec,
+    ctx: int,
+    *,
+    calibrating: bool,
+    bench: bool,
+    make_probe: Callable[[Engine], Probe],
+) -> None:
+    cfg = run.cfg
+    t_start = time.monotonic()
+    try:
+        point, trace, _times = measure_point(
+            engine,
+            spec,
+            ctx,
+            make_probe=make_probe,
+            interval_s=cfg.probes.interval_ms / 1e3,
+            settle_s=cfg.sweep.settle_s,
+            warmup_tokens=cfg.bench.warmup_max_tokens,
+        )
+        if calibrating and not run.point_done(spec.raw, ctx):
+            run.record(point)
+        if bench:
+            setup_s = time.monotonic() - t_start
+            completion = engine.complete(cfg.bench.prompt, cfg.bench.max_tokens)
+            engine.check_alive()
+            tp = throughput(completion)
+            t_stop = time.monotonic()
+            engine.stop()
+            cleanup_s = time.monotonic() - t_stop
+            run.record(
+                BenchResult(
+                    model=spec.raw,
+                    engine=engine.name,
+                    ctx=ctx,
+                    ttft_ms=tp.ttft_ms,
+                    output_tokens=tp.output_tokens,
+                    prompt_tokens=tp.prompt_tokens,
+                    token_source=completion.usage.source,
+                    decode_tokens_per_s=tp.decode_tokens_per_s,
+                    e2e_tokens_per_s=tp.e2e_tokens_per_s,
+                    prefill_tokens_per_s=tp.prefill_tokens_per_s,
+                    setup_s=round(setup_s, 3),
+                    exec_s=round(tp.exec_s, 3),
+                    cleanup_s=round(cleanup_s, 3),
+                    peak_bytes=trace.attributed_peak_bytes,
+                    probe=trace.probe,
+                    device=trace.device,
+                    engine_version=engine.version(),
+                    load_s=completion.engine_timings.get("load_s"),
+                )
+            )
+    finally:
+        engine.stop()
+
+
+def _fail(run: _Run, spec: ModelSpec, engine: str, exc: EngineError, *, ctx: int | None) -> None:
+    log.warning("%s%s: %s", spec.raw, f" ctx={ctx}" if ctx else "", exc)
+    run.record(
+        StatusRow(
+            model=spec.raw,
+            engine=engine,
+            status="FAILED",
+            reason=exc.message,
+            failure_kind=exc.kind,
+            ctx=ctx,
+            log_tail=redact(exc.log_tail[-4000:]),
+            max_context=exc.max_context,
+        )
+    )
+
+
+def finalize(cfg: Config, run_id: str, records: list[Record]) -> tuple[Outcome, Path]:
+    """Derive the database entries and the report from the journal's records."""
+    outcome = build_outcome(records, min_points=cfg.sweep.min_points)
+    if outcome.entries:
+        physics_db.write_entries(physics_db.db_path(cfg.paths.calibration_dir), outcome.entries)
+    report = cfg.paths.report_dir / f"{run_id}.xlsx"
+    write_report(report, outcome)
+    return outcome, report
+
+
+def _new_run_id(report_dir: Path) -> str:
+    base = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id, n = base, 1
+    while journal_path(report_dir, run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def _header(run: _Run, args: argparse.Namespace, setups: list[str], probe_reason: str, probe: str) -> RunHeader:
+    gpus = [
+        {"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes}
+        for g in run.nvml.gpus
+    ]
+    return RunHeader(
+        run_id=run.run_id,
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        host=socket.gethostname(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        git_commit=_git_commit(),
+        tool_version=__version__,
+        config_path=str(args.config),
+        setups_path=str(args.setups),
+        setups=setups,
+        probe=probe,
+        probe_reason=probe_reason,
+        devices=gpus or [{"name": "cpu", "total_bytes": _total_ram()}],
+        driver=run.nvml.gpus[0].driver if run.nvml.gpus else None,
+        sweep_contexts=list(run.cfg.sweep.contexts),
+        argv=[redact(a) for a in sys.argv],
+    )
+
+
+def _total_ram() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Entry point of `runner.py` and `python -m vramphysics run`."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
+    cfg = load_config(args.config)
+    if args.report_only:
+        records = read_journal(journal_path(cfg.paths.report_dir, args.report_only))
+        _outcome, report = finalize(cfg, args.report_only, records)
+        print(f"report: {report}")
+        return 0
+    setups = load_setups(args.setups)
+    chosen = select_setups(setups, args.setup_names, path=args.setups)
+    physics_db.load(physics_db.db_path(cfg.paths.calibration_dir))  # a corrupt database stops us now
+    for folder, what in (
+        (cfg.paths.calibration_dir, "calibration"),
+        (cfg.paths.report_dir, "report"),
+        (cfg.paths.state_dir, "state"),
+    ):
+        _check_writable(folder, what)
+    for rec in kill_leftovers(cfg.paths.state_dir):
+        print(f"stopped a leftover engine from an earlier run: {rec.label} (pid {rec.pid})", file=sys.stderr)
+
+    done: list[Record] = []
+    if args.resume:
+        run_id = latest_run_id(cfg.paths.report_dir) if args.resume == "latest" else args.resume
+        if run_id is None:
+            raise ConfigError("no run to resume", path=cfg.paths.report_dir)
+        done = read_journal(journal_path(cfg.paths.report_dir, run_id))
+    else:
+        run_id = _new_run_id(cfg.paths.report_dir)
+    journal = Journal(journal_path(cfg.paths.report_dir, run_id))
+    nvml = nvml_status()
+    total = len(chosen) * len(cfg.sweep.contexts)
+    exit_code = 0
+    with (
+        _signals_raise() as sig,
+        logging_redirect_tqdm(),
+        tqdm(total=total, unit="start", disable=args.no_progress, dynamic_ncols=True) as bar,
+    ):
+        run = _Run(
+            cfg=cfg,
+            run_id=run_id,
+            journal=journal,
+            done=done,
+            nvml=nvml,
+            probe_prefer=cfg.probes.prefer,
+            force_download=args.force_download,
+            progress=bar,
+        )
+        probe, why = choose_probe(cfg.probes.prefer, lambda: None, cfg.probes.gpu_index)
+        probe_name = probe.name
+        probe.close()
+        if not any(isinstance(r, RunHeader) for r in done):
+            run.record(_header(run, args, [s for s in dict.fromkeys(n for n, _ in chosen)], why, probe_name))
+        log.info("run %s: %d model(s), probe: %s", run_id, len(chosen), why)
+        try:
+            for setup, spec in chosen:
+                _model_step(run, setup, spec)
+        except Interrupted as exc:
+            exit_code = 128 + exc.signum
+            log.warning("interrupted by signal %d: stopping engines", exc.signum)
+        finally:
+            for engine in run.engines.values():
+                try:
+                    engine.close()
+                except Interrupted:
+                    sig.skip_report = True
+            journal.close()
+        if exit_code and sig.skip_report:
+            print("second signal: report skipped; journal kept at " + str(journal.path), file=sys.stderr)
+            return exit_code
+    records = read_journal(journal.path)
+    outcome, report = finalize(cfg, run_id, records)
+    counts = outcome.status_counts()
+    print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"physics database: {physics_db.db_path(cfg.paths.calibration_dir)}")
+    print(f"report: {report}")
+    print(f"journal: {journal.path}")
+    return exit_code
+

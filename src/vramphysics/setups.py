@@ -1,0 +1,199 @@
+"""Model IDs and `test_setups.yaml`: which engine runs which model, with which runtime flags.
+
+Grammar (prefixes are case-insensitive)::
+
+    ol_NAME | OL_NAME              Ollama
+    vl_NAME | VL_NAME | vllm:NAME  vLLM
+    llamacpp:PATH_OR_NAME          llama.cpp (a .gguf path, or a name under the model folder)
+    NAME with ':' or '/'           Ollama (e.g. qwen2.5:7b)
+    ...#stream #ctx=N #img_lim=N #vid_lim=N   runtime flags, in any order, each at most once
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vramphysics.errors import SetupError
+from vramphysics.yamlio import load_yaml
+
+ENGINES = ("llamacpp", "ollama", "vllm")
+
+# (prefix as matched case-insensitively, engine)
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("llamacpp:", "llamacpp"),
+    ("vllm:", "vllm"),
+    ("vl_", "vllm"),
+    ("ol_", "ollama"),
+)
+_INT_FLAGS = {"ctx": 1, "img_lim": 0, "vid_lim": 0}  # flag -> smallest valid value
+_BOOL_FLAGS = ("stream",)
+_SETUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model ID. `str(spec)` gives back the ID exactly as written."""
+
+    raw: str
+    engine: str
+    name: str
+    prefix: str = ""
+    stream: bool = False
+    ctx: int | None = None
+    img_lim: int | None = None
+    vid_lim: int | None = None
+    flag_order: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def format(self) -> str:
+        """Rebuild the ID from its parts (flags in the order they were written)."""
+        flags = []
+        for flag in self.flag_order:
+            if flag == "stream":
+                flags.append("#stream")
+            else:
+                flags.append(f"#{flag}={getattr(self, flag)}")
+        return f"{self.prefix}{self.name}{''.join(flags)}"
+
+    @property
+    def limit_mm_per_prompt(self) -> dict[str, int]:
+        """vLLM's `--limit-mm-per-prompt` from #img_lim / #vid_lim (empty when neither is set)."""
+        out = {}
+        if self.img_lim is not None:
+            out["image"] = self.img_lim
+        if self.vid_lim is not None:
+            out["video"] = self.vid_lim
+        return out
+
+
+def parse_model_id(text: str) -> ModelSpec:
+    """Parse one model ID; a bad one raises SetupError naming it."""
+    if not isinstance(text, str):
+        raise SetupError(f"a model ID must be a string, not {type(text).__name__}", model_id=str(text))
+    raw = text
+    stripped = text.strip()
+    if not stripped:
+        raise SetupError("empty model ID", model_id=raw)
+    if stripped != text:
+        raise SetupError("leading or trailing spaces", model_id=raw)
+    base, *flag_parts = stripped.split("#")
+    engine, prefix, name = _split_prefix(base, raw)
+    if not name:
+        raise SetupError("no model name after the prefix", model_id=raw)
+    if any(c.isspace() for c in name):
+        raise SetupError("white space in the model name", model_id=raw)
+    values: dict[str, int | bool] = {}
+    order: list[str] = []
+    for part in flag_parts:
+        key, eq, value = part.partition("=")
+        key_l = key.lower()
+        if key_l in _BOOL_FLAGS:
+            if eq:
+                raise SetupError(f"flag #{key} takes no value", model_id=raw)
+            values[key_l] = True
+        elif key_l in _INT_FLAGS:
+            if not eq or not re.fullmatch(r"[0-9]+", value):
+                raise SetupError(f"flag #{key} needs a whole number, got {value!r}", model_id=raw)
+            number = int(value)
+            if number < _INT_FLAGS[key_l]:
+                raise SetupError(f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw)
+            if key_l == "ctx" and str(number) != value:
+                raise SetupError(f"flag #{key}={value} has leading zeros", model_id=raw)
+            values[key_l] = number
+        else:
+            valid = ", ".join(f"#{f}" for f in (*_BOOL_FLAGS, *(f"{k}=N" for k in _INT_FLAGS)))
+            raise SetupError(f"unknown flag #{part} (valid: {valid})", model_id=raw)
+        if key_l in order:
+            raise SetupError(f"flag #{key} given twice", model_id=raw)
+        if key != key_l:
+            raise SetupError(f"flag #{key} must be lower case", model_id=raw)
+        order.append(key_l)
+    return ModelSpec(
+        raw=raw,
+        engine=engine,
+        name=name,
+        prefix=prefix,
+        stream=bool(values.get("stream", False)),
+        ctx=_int_or_none(values.get("ctx")),
+        img_lim=_int_or_none(values.get("img_lim")),
+        vid_lim=_int_or_none(values.get("vid_lim")),
+        flag_order=tuple(order),
+    )
+
+
+def _int_or_none(v: int | bool | None) -> int | None:
+    return None if v is None else int(v)
+
+
+def _split_prefix(base: str, raw: str) -> tuple[str, str, str]:
+    lowered = base.lower()
+    for prefix, engine in _PREFIXES:
+        if lowered.startswith(prefix):
+            return engine, base[: len(prefix)], base[len(prefix) :]
+    if ":" in base or "/" in base:
+        return "ollama", "", base
+    raise SetupError(
+        "cannot tell the engine: use a prefix (ol_, vl_, vllm:, llamacpp:) "
+        "or an Ollama name with ':' or '/'",
+        model_id=raw,
+    )
+
+
+def load_setups(path: Path) -> dict[str, list[ModelSpec]]:
+    """Read `test_setups.yaml`: a mapping from setup name to a list of model IDs."""
+    doc = load_yaml(path, what="test setups")
+    data = doc.data
+    if data is None:
+        raise SetupError("no setups defined", path=path)
+    if not isinstance(data, dict):
+        raise SetupError(
+            "expected a mapping of setup names to lists of model IDs", path=path, line=doc.line_of()
+        )
+    setups: dict[str, list[ModelSpec]] = {}
+    for name, items in data.items():
+        line = doc.line_of(name)
+        if not isinstance(name, str) or not _SETUP_NAME.match(name):
+            raise SetupError(f"bad setup name {name!r}", path=path, line=line)
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise SetupError(
+                f"setup {name!r} must be a list of model IDs, not {type(items).__name__}",
+                path=path,
+                line=line,
+                key=name,
+            )
+        specs = []
+        for i, item in enumerate(items):
+            item_line = doc.line_of(name, i)
+            if not isinstance(item, str):
+                raise SetupError(
+                    f"item {i + 1} of setup {name!r} must be a model ID string, got {item!r}",
+                    path=path,
+                    line=item_line,
+                    key=name,
+                )
+            try:
+                specs.append(parse_model_id(item))
+            except SetupError as exc:
+                raise SetupError(exc.message, path=path, line=item_line, key=name) from exc
+        setups[name] = specs
+    return setups
+
+
+def select_setups(
+    setups: dict[str, list[ModelSpec]], names: list[str] | None, *, path: Path
+) -> list[tuple[str, ModelSpec]]:
+    """The (setup, model) pairs to run: the named setups in order, or all; unknown names fail."""
+    chosen = names or list(setups)
+    unknown = [n for n in chosen if n not in setups]
+    if unknown:
+        raise SetupError(
+            f"no setup named {', '.join(map(repr, unknown))} (have: {', '.join(setups) or 'none'})",
+            path=path,
+        )
+    return [(n, spec) for n in chosen for spec in setups[n]]

@@ -1,0 +1,62 @@
+"""Safe YAML loading that remembers where each key and item stood, for errors that name a line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vramphysics.errors import ConfigError
+
+
+class Located:
+    """A loaded YAML document plus a map from key paths to 1-based line numbers."""
+
+    def __init__(self, path: Path, data: Any, lines: dict[tuple[str | int, ...], int]) -> None:
+        self.path = path
+        self.data = data
+        self._lines = lines
+
+    def line_of(self, *key_path: str | int) -> int | None:
+        """The line of the deepest known node on `key_path` (its own line when known)."""
+        for n in range(len(key_path), -1, -1):
+            line = self._lines.get(tuple(key_path[:n]))
+            if line is not None:
+                return line
+        return None
+
+
+def _index(node: yaml.Node, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    out.setdefault(prefix, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            out[(*prefix, key)] = key_node.start_mark.line + 1
+            _index(value_node, (*prefix, key), out)
+            out[(*prefix, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index(item, (*prefix, i), out)
+
+
+def load_yaml(path: Path, *, what: str) -> Located:
+    """Load `path` with the safe loader; broken YAML is a ConfigError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} file not found", path=path) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} file: {exc.strerror}", path=path) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from exc
+    lines: dict[tuple[str | int, ...], int] = {}
+    if node is not None:
+        _index(node, (), lines)
+    return Located(path, data, lines)
