@@ -87,6 +87,8 @@ def components_dict(mem: MemoryComponents | None) -> dict[str, Any]:
         "kv_tokens": mem.kv_tokens,
         "compute_bytes": mem.compute_bytes,
         "cuda_graph_bytes": mem.cuda_graph_bytes,
+        "total_bytes": mem.total_bytes,
+        "calibration": mem.calibration,
         "device_resident": mem.device_resident,
     }
     out.update(mem.extra)

@@ -165,12 +165,13 @@ def _engine(run: _Run, name: str) -> Engine:
 def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
     """Availability, the calibration sweep and the benchmark of one model."""
     contexts = list(run.cfg.sweep.contexts)
-    bench_ctx = spec.ctx if spec.ctx is not None else max(contexts)
     if run.model_done(spec.raw):
         run.progress.update(len(contexts))
         return
     try:
         engine = _engine(run, spec.engine)
+        contexts = engine.calibration_contexts(run.cfg.sweep.contexts)
+        run.progress.total += len(contexts) - len(run.cfg.sweep.contexts)
         avail = engine.check_available(spec)
     except EngineError as exc:
         _fail(run, spec, spec.engine, exc, ctx=None)
@@ -210,6 +211,7 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
         return
 
     make_probe = _make_probe_factory(run)
+    bench_ctx = spec.ctx if spec.ctx is not None else max(contexts)
     n_failed = 0
     sweep = contexts if bench_ctx in contexts else [*contexts, bench_ctx]
     for ctx in sweep:

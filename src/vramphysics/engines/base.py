@@ -13,7 +13,7 @@ Life of an engine in a calibration step::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -71,6 +71,8 @@ class MemoryComponents:
     kv_tokens: int | None = None
     compute_bytes: int | None = None
     cuda_graph_bytes: int | None = None
+    total_bytes: int | None = None  # the engine's own figure of its whole footprint (Ollama /api/ps size)
+    calibration: str | None = None  # "engine-kv": cost per token from the engine's KV figures (vLLM)
     device_resident: bool = True  # False when the buffers live in host memory (CPU engine)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -112,6 +114,13 @@ class Engine(abc.ABC):
     def model_key(self, spec: ModelSpec) -> str:
         """The model name stored in the physics database (the ID without runtime flags)."""
         return f"{spec.prefix}{spec.name}"
+
+    def calibration_contexts(self, sweep: Sequence[int]) -> list[int]:
+        """The contexts to start at for a calibration (default: the whole sweep).
+
+        An engine whose own figures give the cost per token (vLLM) needs fewer starts.
+        """
+        return list(sweep)
 
     def settings(self) -> dict[str, Any]:
         """Launch settings that a reader needs to reproduce a figure."""
