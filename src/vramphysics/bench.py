@@ -33,7 +33,9 @@ def throughput(c: Completion) -> Throughput:
     decode = None
     if "decode_tokens_per_s" in c.engine_timings:
         decode = c.engine_timings["decode_tokens_per_s"]
-    elif n_out is not None and n_out > 1 and c.first_text_s is not None and c.last_text_s is not None:
+    elif (
+        n_out is not None and n_out > 1 and c.first_text_s is not None and c.last_text_s is not None
+    ):
         span = c.last_text_s - c.first_text_s
         decode = (n_out - 1) / span if span > 0 else None
     e2e = n_out / exec_s if n_out is not None and exec_s > 0 else None

@@ -32,7 +32,7 @@ class Fit:
     cost_per_token_bytes: float
     base_stderr_bytes: float
     cost_stderr_bytes: float
-    r2: float
+    r2: float | None
     n_points: int
     points: tuple[tuple[int, float], ...]
     residuals_bytes: tuple[float, ...]

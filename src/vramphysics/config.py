@@ -25,7 +25,8 @@ class LlamaCppConfig(EngineTimeouts):
     host: str = "127.0.0.1"
     port: int = Field(8400, ge=1, le=65535)
     command: list[str] | None = Field(
-        None, description="launch command; default: llama-server on PATH, else python -m llama_cpp.server"
+        None,
+        description="launch command; default: llama-server on PATH, else python -m llama_cpp.server",
     )
     model_dir: Path = Path("models")
     extra_args: list[str] = []
@@ -73,7 +74,9 @@ class EnginesConfig(_Strict):
 
 class SweepConfig(_Strict):
     contexts: list[int] = [512, 1024, 2048, 4096, 8192]
-    settle_s: float = Field(1.0, ge=0, description="sampling after the warm-up, for the steady value")
+    settle_s: float = Field(
+        1.0, ge=0, description="sampling after the warm-up, for the steady value"
+    )
     min_points: int = Field(3, ge=2)
 
     @field_validator("contexts")
@@ -127,11 +130,15 @@ class Config(_Strict):
             report_dir=fix(self.paths.report_dir),
             state_dir=fix(self.paths.state_dir),
         )
-        llamacpp = self.engines.llamacpp.model_copy(update={"model_dir": fix(self.engines.llamacpp.model_dir)})
+        llamacpp = self.engines.llamacpp.model_copy(
+            update={"model_dir": fix(self.engines.llamacpp.model_dir)}
+        )
         vllm = self.engines.vllm.model_copy(
             update={
                 "hf_cache": self.engines.vllm.hf_cache.expanduser(),
-                "model_dir": fix(self.engines.vllm.model_dir) if self.engines.vllm.model_dir else None,
+                "model_dir": fix(self.engines.vllm.model_dir)
+                if self.engines.vllm.model_dir
+                else None,
             }
         )
         engines = self.engines.model_copy(update={"llamacpp": llamacpp, "vllm": vllm})

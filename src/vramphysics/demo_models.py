@@ -13,8 +13,30 @@ from pathlib import Path
 import numpy as np
 
 _WORDS = (
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "with", "was", "on",
-    "be", "at", "by", "this", "memory", "model", "context", "token", "cache", "GPU", "fast",
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "with",
+    "was",
+    "on",
+    "be",
+    "at",
+    "by",
+    "this",
+    "memory",
+    "model",
+    "context",
+    "token",
+    "cache",
+    "GPU",
+    "fast",
 )
 
 

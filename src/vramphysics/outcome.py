@@ -46,6 +46,7 @@ class ModelRow:
     engine_kv_bytes_per_token: float | None
     failures: tuple[StatusRow, ...] = ()
     warnings: tuple[Warning_, ...] = ()
+    other_fits: tuple[tuple[str, Fit], ...] = ()  # (probe, fit) beyond the primary one
 
     @property
     def theory_kv_bytes_per_token(self) -> float | None:
@@ -117,36 +118,41 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
         info = infos.get(model)
         final = finals.get(model)
         mpoints = sorted((p for (m, _c), p in points.items() if m == model), key=lambda p: p.ctx)
-        engine = info.engine if info else (mpoints[0].engine if mpoints else (final.engine if final else "?"))
+        engine = (
+            info.engine
+            if info
+            else (mpoints[0].engine if mpoints else (final.engine if final else "?"))
+        )
         if info:
             versions[engine] = info.engine_version
-        fit: Fit | None = None
         reason = final.reason if final else "not finished (interrupted)"
         status = final.status if final else ("INCOMPLETE" if mpoints else "FAILED")
-        if mpoints:
-            try:
-                fit = fit_linear([(p.ctx, p.measured_bytes) for p in mpoints], min_points=min_points)
-            except NotEnoughPoints as exc:
-                if status == "OK":
-                    status = "NO_FIT"
-                reason = f"no fit: {exc}"
         device = mpoints[0].device if mpoints else None
-        probe = mpoints[0].probe if mpoints else None
         theory = info.theory if info else None
         bench = benches.get(model)
-        if fit is not None and device is not None and probe is not None:
-            starts = len(mpoints) + (1 if bench is not None and bench.ctx not in {p.ctx for p in mpoints} else 0)
+        fits, why_not = _fits(mpoints, min_points)
+        fit = fits[0][1] if fits else None
+        probe = fits[0][0] if fits else (mpoints[0].probe if mpoints else None)
+        if mpoints and not fits:
+            if status == "OK":
+                status = "NO_FIT"
+            reason = f"no fit: {why_not}"
+        for fit_probe, f in fits:
+            assert device is not None
+            starts = len(mpoints) + (
+                1 if bench is not None and bench.ctx not in {p.ctx for p in mpoints} else 0
+            )
             entries.append(
                 PhysicsEntry(
                     engine=engine,
                     model=model_key(model),
                     device=device,
-                    probe=probe,
-                    base_bytes=round(fit.base_bytes, 1),
-                    cost_per_token_bytes=round(fit.cost_per_token_bytes, 3),
-                    r2=round(fit.r2, 6),
-                    n_points=fit.n_points,
-                    points=tuple((c, float(b)) for c, b in fit.points),
+                    probe=fit_probe,
+                    base_bytes=round(f.base_bytes, 1),
+                    cost_per_token_bytes=round(f.cost_per_token_bytes, 3),
+                    r2=None if f.r2 is None else round(f.r2, 6),
+                    n_points=f.n_points,
+                    points=tuple((c, float(b)) for c, b in f.points),
                     engine_starts=starts,
                     theory={
                         "kv_bytes_per_token": theory.get("kv_bytes_per_token") if theory else None,
@@ -154,8 +160,8 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
                     },
                     engine_version=mpoints[-1].engine_version,
                     calibrated_at=mpoints[-1].at,
-                    base_stderr_bytes=round(fit.base_stderr_bytes, 1),
-                    cost_stderr_bytes=round(fit.cost_stderr_bytes, 3),
+                    base_stderr_bytes=round(f.base_stderr_bytes, 1),
+                    cost_stderr_bytes=round(f.cost_stderr_bytes, 3),
                     device_total_bytes=_device_total(header, device),
                     driver=header.driver if header else None,
                     settings=dict(info.settings) if info else {},
@@ -175,6 +181,7 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
                 engine_kv_bytes_per_token=_engine_kv_per_token(mpoints),
                 failures=tuple(f for f in failures if f.model == model),
                 warnings=tuple(w for w in warnings if w.model == model),
+                other_fits=tuple(fits[1:]),
             )
         )
     return Outcome(
@@ -198,3 +205,64 @@ def _device_total(header: RunHeader | None, device: str) -> int | None:
             return int(total) if total is not None else None
     return None
 
+
+def engine_kv_fit(points: list[CalibrationPoint]) -> Fit:
+    """Cost per token from the engine's own KV figures (pool / tokens); base = measured - pool.
+
+    Used for engines that pre-allocate their KV pool (vLLM), where memory does not move with
+    the context. Each start is a check of the others: the base's spread is its standard error.
+    """
+    costs = [
+        p.engine_components["kv_pool_bytes"] / p.engine_components["kv_tokens"] for p in points
+    ]
+    bases = [p.measured_bytes - p.engine_components["kv_pool_bytes"] for p in points]
+    cost = sum(costs) / len(costs)
+    base = sum(bases) / len(bases)
+    return Fit(
+        base_bytes=base,
+        cost_per_token_bytes=cost,
+        base_stderr_bytes=(max(bases) - min(bases)) / 2,
+        cost_stderr_bytes=(max(costs) - min(costs)) / 2,
+        r2=None,
+        n_points=len(points),
+        points=tuple((p.ctx, float(p.measured_bytes)) for p in points),
+        residuals_bytes=tuple(b - base for b in bases),
+    )
+
+
+def _fits(points: list[CalibrationPoint], min_points: int) -> tuple[list[tuple[str, Fit]], str]:
+    """Every fit the points allow, the primary one first, and why there is none when none.
+
+    - engine-kv (the engine's own KV figures; probe named by their source) when every point has them;
+    - otherwise a regression of the probe's measurements over the contexts;
+    - and a regression of the engine's own total (e.g. Ollama's /api/ps `size`, probe `ollama-ps`).
+    """
+    if not points:
+        return [], "no points"
+    out: list[tuple[str, Fit]] = []
+    why = ""
+    comps = [p.engine_components for p in points]
+    if all(
+        c.get("calibration") == "engine-kv" and c.get("kv_pool_bytes") and c.get("kv_tokens")
+        for c in comps
+    ):
+        out.append((str(comps[0].get("source") or "engine"), engine_kv_fit(points)))
+    else:
+        try:
+            out.append(
+                (
+                    points[0].probe,
+                    fit_linear([(p.ctx, p.measured_bytes) for p in points], min_points=min_points),
+                )
+            )
+        except NotEnoughPoints as exc:
+            why = str(exc)
+    if all(c.get("total_bytes") for c in comps):
+        try:
+            totals = [(p.ctx, float(p.engine_components["total_bytes"])) for p in points]
+            out.append(
+                (str(comps[0].get("source") or "engine"), fit_linear(totals, min_points=min_points))
+            )
+        except NotEnoughPoints as exc:
+            why = why or str(exc)
+    return out, why

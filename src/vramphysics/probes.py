@@ -194,7 +194,9 @@ class NvmlProbe(Probe):
         return int(self._nv.nvmlDeviceGetMemoryInfo(self._handle).used)  # type: ignore[attr-defined]
 
     def per_process(self) -> dict[int, int]:
-        return {pid: used for pid, used in _gpu_processes(self._nv, self._handle) if used is not None}
+        return {
+            pid: used for pid, used in _gpu_processes(self._nv, self._handle) if used is not None
+        }
 
     def close(self) -> None:
         self._nv.nvmlShutdown()  # type: ignore[attr-defined]
@@ -212,7 +214,9 @@ def choose_probe(
         if status.available and status.gpus:
             return NvmlProbe(gpu_index), f"NVML on GPU {gpu_index}"
         if prefer == "nvml":
-            log.warning("NVML requested but unavailable (%s); using the process tree", status.reason)
+            log.warning(
+                "NVML requested but unavailable (%s); using the process tree", status.reason
+            )
         return ProcessTreeProbe(root_pid), f"process tree ({status.reason})"
     return ProcessTreeProbe(root_pid), "process tree (configured)"
 
@@ -297,7 +301,9 @@ def summarize(
 ) -> MemoryTrace:
     """Steady = median of the samples after the mark (all samples when there is no mark)."""
     if not samples:
-        return MemoryTrace(probe, device, interval_s, (), baseline_bytes, baseline_bytes, baseline_bytes)
+        return MemoryTrace(
+            probe, device, interval_s, (), baseline_bytes, baseline_bytes, baseline_bytes
+        )
     after = [s.used_bytes for s in samples if mark_t_s is None or s.t_s >= mark_t_s]
     if not after:
         after = [samples[-1].used_bytes]

@@ -146,7 +146,8 @@ class Warning_(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.kind: cls for cls in (RunHeader, ModelInfo, CalibrationPoint, BenchResult, StatusRow, Warning_)
+    cls.kind: cls
+    for cls in (RunHeader, ModelInfo, CalibrationPoint, BenchResult, StatusRow, Warning_)
 }
 
 

@@ -19,7 +19,8 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
-from vramphysics.outcome import Outcome
+from vramphysics.calibrate import Fit
+from vramphysics.outcome import ModelRow, Outcome
 from vramphysics.redact import redact
 
 GIB = 2**30
@@ -27,7 +28,12 @@ MIB = 2**20
 FILL_MISSING = PatternFill("solid", start_color="FFF2CC", end_color="FFF2CC")  # yellow
 FILL_FAILED = PatternFill("solid", start_color="F4C7C3", end_color="F4C7C3")  # red
 FILL_WARN = PatternFill("solid", start_color="FCE5CD", end_color="FCE5CD")  # orange
-_STATUS_FILL = {"MISSING": FILL_MISSING, "FAILED": FILL_FAILED, "NO_FIT": FILL_WARN, "INCOMPLETE": FILL_WARN}
+_STATUS_FILL = {
+    "MISSING": FILL_MISSING,
+    "FAILED": FILL_FAILED,
+    "NO_FIT": FILL_WARN,
+    "INCOMPLETE": FILL_WARN,
+}
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,9 @@ def _round(v: float | None, n: int = 3) -> float | None:
     return None if v is None else round(v, n)
 
 
-def _sheet(wb: Workbook, title: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> Worksheet:
+def _sheet(
+    wb: Workbook, title: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]]
+) -> Worksheet:
     ws = wb.create_sheet(title)
     for i, col in enumerate(columns, start=1):
         cell = ws.cell(row=1, column=i, value=col.header)
@@ -79,21 +87,39 @@ def _fill_status(ws: Worksheet, status_col: int) -> None:
 CALIBRATION_COLUMNS = (
     Column("Model", "Model ID as written in the test setups", 34),
     Column("Engine", "llamacpp, vllm or ollama", 10),
-    Column("Status", "OK, MISSING (not on disk, nothing started), FAILED, NO_FIT (too few points)", 10),
+    Column(
+        "Status", "OK, MISSING (not on disk, nothing started), FAILED, NO_FIT (too few points)", 10
+    ),
     Column("Reason", "Why this status; for failures the engine's own message", 40),
     Column("Device", "GPU name from NVML, or cpu for the process-tree probe", 14),
-    Column("Probe", "What measured the memory: nvml (device used), process (USS of the engine's process tree), engine figures", 10),
-    Column("Base (GiB)", "Intercept of bytes = base + ctx x cost: memory at context 0 (weights, runtime, fixed buffers)", 12),
+    Column(
+        "Probe",
+        "What measured the memory: nvml (device used), process (USS of the engine's process tree), engine figures",
+        10,
+    ),
+    Column(
+        "Base (GiB)",
+        "Intercept of bytes = base + ctx x cost: memory at context 0 (weights, runtime, fixed buffers)",
+        12,
+    ),
     Column("Cost per token (B)", "Slope: bytes per token of context, measured", 14),
     Column("GiB per 10k tokens", "Slope x 10,000 tokens, in GiB", 12),
     Column("r2", "Coefficient of determination of the linear fit", 8),
     Column("Points", "Number of contexts measured (one fresh engine start each)", 8),
     Column("Base stderr (MiB)", "Standard error of the intercept", 12),
     Column("Cost stderr (B)", "Standard error of the slope", 12),
-    Column("Theory KV (B/token)", "2 x layers x KV heads x head dim x bytes per value, from the model's own metadata", 14),
+    Column(
+        "Theory KV (B/token)",
+        "2 x layers x KV heads x head dim x bytes per value, from the model's own metadata",
+        14,
+    ),
     Column("Theory weights (GiB)", "Sum of the weight tensors' sizes from the model file", 12),
     Column("Measured/theory", "Measured cost per token / theory KV bytes per token", 12),
-    Column("Engine KV (B/token)", "KV bytes per token from the engine's own log or metrics (pool / cells)", 14),
+    Column(
+        "Engine KV (B/token)",
+        "KV bytes per token from the engine's own log or metrics (pool / cells)",
+        14,
+    ),
     Column("Engine version", "Engine and version that produced the figures", 22),
     Column("Warnings", "Guardrail and other warnings for this model", 40),
 )
@@ -104,7 +130,9 @@ POINT_COLUMNS = (
     Column("Context (tokens)", "Context size the engine was started with", 12),
     Column("Measured (MiB)", "Steady memory after warm-up minus the baseline before the start", 12),
     Column("Peak (MiB)", "Highest sample of the start minus the baseline", 12),
-    Column("Baseline (MiB)", "Memory in use before the engine started (NVML) or 0 (process tree)", 12),
+    Column(
+        "Baseline (MiB)", "Memory in use before the engine started (NVML) or 0 (process tree)", 12
+    ),
     Column("Fit residual (MiB)", "Measured minus the fitted line", 12),
     Column("Samples", "Probe samples taken during the start", 8),
     Column("Ready (s)", "Launch until the engine answered", 10),
@@ -120,13 +148,27 @@ BENCH_COLUMNS = (
     Column("Model", "Model ID", 34),
     Column("Engine", "Engine", 10),
     Column("Context (tokens)", "Context size of the benchmark start", 12),
-    Column("TTFT (ms)", "Request sent until the first chunk carrying text (role-only chunks excluded)", 10),
-    Column("Decode (tokens/s)", "(output tokens - 1) / (last text - first text): excludes TTFT", 12),
+    Column(
+        "TTFT (ms)",
+        "Request sent until the first chunk carrying text (role-only chunks excluded)",
+        10,
+    ),
+    Column(
+        "Decode (tokens/s)", "(output tokens - 1) / (last text - first text): excludes TTFT", 12
+    ),
     Column("End-to-end (tokens/s)", "Output tokens / whole request time", 12),
     Column("Prefill (tokens/s)", "Prompt tokens / TTFT, when the engine reports prompt tokens", 12),
-    Column("Output tokens", "From the engine's usage figures or its own tokenizer (see Token source)", 10),
+    Column(
+        "Output tokens",
+        "From the engine's usage figures or its own tokenizer (see Token source)",
+        10,
+    ),
     Column("Prompt tokens", "From the engine", 10),
-    Column("Token source", "engine-usage: the engine's usage object; engine-tokenizer: the engine's own tokenizer on the output", 16),
+    Column(
+        "Token source",
+        "engine-usage: the engine's usage object; engine-tokenizer: the engine's own tokenizer on the output",
+        16,
+    ),
     Column("Setup (s)", "Launch, ready, warm-up and steady sampling", 10),
     Column("Exec (s)", "The benchmark request", 10),
     Column("Cleanup (s)", "Stopping the engine's whole process tree", 10),
@@ -142,11 +184,43 @@ FAILURE_COLUMNS = (
     Column("Model", "Model ID", 34),
     Column("Engine", "Engine", 10),
     Column("Context (tokens)", "The step's context (empty: the whole model)", 12),
-    Column("Kind", "timeout, engine_crashed, start_failed, kv_too_small, cuda_oom, insufficient_free_memory, model_not_found, download_failed, request_failed, other", 18),
+    Column(
+        "Kind",
+        "timeout, engine_crashed, start_failed, kv_too_small, cuda_oom, insufficient_free_memory, model_not_found, download_failed, request_failed, other",
+        18,
+    ),
     Column("Reason", "The engine's message", 50),
-    Column("Max context (tokens)", "Largest context the engine said would fit, when it said so", 12),
+    Column(
+        "Max context (tokens)", "Largest context the engine said would fit, when it said so", 12
+    ),
     Column("Log tail", "The end of the engine's log (secrets masked)", 80),
 )
+
+
+def _calibration_row(m: ModelRow, probe: str | None, f: Fit | None) -> tuple[Any, ...]:
+    theory_w = m.theory.get("weights_bytes") if m.theory else None
+    t = m.theory_kv_bytes_per_token
+    return (
+        m.model,
+        m.engine,
+        m.status,
+        m.reason,
+        m.device,
+        probe,
+        _gib(f.base_bytes) if f else None,
+        _round(f.cost_per_token_bytes, 1) if f else None,
+        _gib(f.cost_per_token_bytes * 10_000) if f else None,
+        _round(f.r2, 5) if f else None,
+        f.n_points if f else None,
+        _round(f.base_stderr_bytes / MIB, 3) if f else None,
+        _round(f.cost_stderr_bytes, 2) if f else None,
+        t,
+        _gib(theory_w) if theory_w else None,
+        _round(f.cost_per_token_bytes / float(t), 3) if f and t else None,
+        _round(m.engine_kv_bytes_per_token, 1),
+        m.engine_version,
+        "; ".join(w.message for w in m.warnings) or None,
+    )
 
 
 def _summary(wb: Workbook, outcome: Outcome) -> None:
@@ -194,36 +268,13 @@ def write_report(path: Path, outcome: Outcome, extra: Sequence[ExtraSheet] = ())
 
     cal_rows = []
     for m in outcome.models:
-        f = m.fit
-        theory_w = m.theory.get("weights_bytes") if m.theory else None
-        cal_rows.append(
-            (
-                m.model,
-                m.engine,
-                m.status,
-                m.reason,
-                m.device,
-                m.probe,
-                _gib(f.base_bytes) if f else None,
-                _round(f.cost_per_token_bytes, 1) if f else None,
-                _gib(f.cost_per_token_bytes * 10_000) if f else None,
-                _round(f.r2, 5) if f else None,
-                f.n_points if f else None,
-                _round(f.base_stderr_bytes / MIB, 3) if f else None,
-                _round(f.cost_stderr_bytes, 2) if f else None,
-                m.theory_kv_bytes_per_token,
-                _gib(theory_w) if theory_w else None,
-                _round(m.measured_over_theory, 3),
-                _round(m.engine_kv_bytes_per_token, 1),
-                m.engine_version,
-                "; ".join(w.message for w in m.warnings) or None,
-            )
-        )
+        for probe, f in ((m.probe, m.fit), *m.other_fits):
+            cal_rows.append(_calibration_row(m, probe, f))
     ws = _sheet(wb, "Calibration", CALIBRATION_COLUMNS, cal_rows)
     _fill_status(ws, 3)
-    for r, m in enumerate(outcome.models, start=2):
-        if m.warnings:
-            ws.cell(row=r, column=len(CALIBRATION_COLUMNS)).fill = FILL_WARN
+    for row in ws.iter_rows(min_row=2):
+        if row[-1].value:
+            row[-1].fill = FILL_WARN
 
     fits = {m.model: m.fit for m in outcome.models}
     point_rows = []
@@ -251,7 +302,7 @@ def write_report(path: Path, outcome: Outcome, extra: Sequence[ExtraSheet] = ())
         )
     _sheet(wb, "Points", POINT_COLUMNS, point_rows)
 
-    bench_rows = [
+    bench_rows: list[tuple[Any, ...]] = [
         (
             b.model,
             b.engine,
@@ -283,7 +334,15 @@ def write_report(path: Path, outcome: Outcome, extra: Sequence[ExtraSheet] = ())
     _fill_status(ws, len(BENCH_COLUMNS))
 
     fail_rows = [
-        (f.model, f.engine, f.ctx, f.failure_kind, f.reason, f.max_context, f.log_tail[-2000:] or None)
+        (
+            f.model,
+            f.engine,
+            f.ctx,
+            f.failure_kind,
+            f.reason,
+            f.max_context,
+            f.log_tail[-2000:] or None,
+        )
         for f in outcome.failures
     ]
     ws = _sheet(wb, "Failures", FAILURE_COLUMNS, fail_rows)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vramphysics import __version__, physics_db
+from vramphysics.bench import throughput
 from vramphysics.calibrate import measure_point
 from vramphysics.config import Config, load_config
 from vramphysics.engines import create_engine
@@ -44,7 +45,6 @@ from vramphysics.records import (
     RunHeader,
     StatusRow,
 )
-from vramphysics.bench import throughput
 from vramphysics.redact import RedactingFilter, redact
 from vramphysics.report import write_report
 from vramphysics.setups import ModelSpec, load_setups, select_setups
@@ -56,13 +56,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setups", type=Path, default=Path("test_setups.yaml"), help="test setups file")
     p.add_argument("--config", type=Path, default=Path("config.yaml"), help="configuration file")
     p.add_argument(
-        "--setup", action="append", dest="setup_names", metavar="NAME", help="run this setup (repeatable; default: all)"
+        "--setup",
+        action="append",
+        dest="setup_names",
+        metavar="NAME",
+        help="run this setup (repeatable; default: all)",
     )
     p.add_argument("--force-download", action="store_true", help="download missing models")
     p.add_argument(
-        "--resume", nargs="?", const="latest", metavar="RUN_ID", help="finish an interrupted run (default: latest)"
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="RUN_ID",
+        help="finish an interrupted run (default: latest)",
     )
-    p.add_argument("--report-only", metavar="RUN_ID", help="rebuild the database and report from a journal")
+    p.add_argument(
+        "--report-only", metavar="RUN_ID", help="rebuild the database and report from a journal"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -129,17 +139,21 @@ class _Run:
     nvml: NvmlStatus
     probe_prefer: str
     force_download: bool
-    progress: tqdm  # type: ignore[type-arg]
+    progress: tqdm
     engines: dict[str, Engine] = field(default_factory=dict)
 
     def point_done(self, model: str, ctx: int) -> bool:
-        return any(isinstance(r, CalibrationPoint) and r.model == model and r.ctx == ctx for r in self.done)
+        return any(
+            isinstance(r, CalibrationPoint) and r.model == model and r.ctx == ctx for r in self.done
+        )
 
     def bench_done(self, model: str) -> bool:
         return any(isinstance(r, BenchResult) and r.model == model for r in self.done)
 
     def model_done(self, model: str) -> bool:
-        return any(isinstance(r, StatusRow) and r.model == model and r.ctx is None for r in self.done)
+        return any(
+            isinstance(r, StatusRow) and r.model == model and r.ctx is None for r in self.done
+        )
 
     def record(self, rec: Record) -> None:
         self.journal.append(rec)
@@ -157,7 +171,10 @@ def _make_probe_factory(run: _Run) -> Callable[[Engine], Probe]:
 def _engine(run: _Run, name: str) -> Engine:
     if name not in run.engines:
         run.engines[name] = create_engine(
-            name, run.cfg, state_dir=run.cfg.paths.state_dir, log_dir=run.cfg.paths.state_dir / "logs" / run.run_id
+            name,
+            run.cfg,
+            state_dir=run.cfg.paths.state_dir,
+            log_dir=run.cfg.paths.state_dir / "logs" / run.run_id,
         )
     return run.engines[name]
 
@@ -206,7 +223,9 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
             )
         )
     if not avail.present:
-        run.record(StatusRow(model=spec.raw, engine=engine.name, status="MISSING", reason=avail.detail))
+        run.record(
+            StatusRow(model=spec.raw, engine=engine.name, status="MISSING", reason=avail.detail)
+        )
         run.progress.update(len(contexts))
         return
 
@@ -224,7 +243,15 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
                 run.progress.update(1)
             continue
         try:
-            _one_start(run, engine, spec, ctx, calibrating=calibrating, bench=need_bench, make_probe=make_probe)
+            _one_start(
+                run,
+                engine,
+                spec,
+                ctx,
+                calibrating=calibrating,
+                bench=need_bench,
+                make_probe=make_probe,
+            )
         except EngineError as exc:
             n_failed += 1
             _fail(run, spec, engine.name, exc, ctx=ctx)
@@ -234,7 +261,12 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
     points = [r for r in run.done if isinstance(r, CalibrationPoint) and r.model == spec.raw]
     if not points:
         run.record(
-            StatusRow(model=spec.raw, engine=engine.name, status="FAILED", reason="no context could be measured")
+            StatusRow(
+                model=spec.raw,
+                engine=engine.name,
+                status="FAILED",
+                reason="no context could be measured",
+            )
         )
     elif len(points) < run.cfg.sweep.min_points:
         run.record(
@@ -343,7 +375,9 @@ def _new_run_id(report_dir: Path) -> str:
     return run_id
 
 
-def _header(run: _Run, args: argparse.Namespace, setups: list[str], probe_reason: str, probe: str) -> RunHeader:
+def _header(
+    run: _Run, args: argparse.Namespace, setups: list[str], probe_reason: str, probe: str
+) -> RunHeader:
     gpus = [
         {"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes}
         for g in run.nvml.gpus
@@ -386,7 +420,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 0
     setups = load_setups(args.setups)
     chosen = select_setups(setups, args.setup_names, path=args.setups)
-    physics_db.load(physics_db.db_path(cfg.paths.calibration_dir))  # a corrupt database stops us now
+    physics_db.load(
+        physics_db.db_path(cfg.paths.calibration_dir)
+    )  # a corrupt database stops us now
     for folder, what in (
         (cfg.paths.calibration_dir, "calibration"),
         (cfg.paths.report_dir, "report"),
@@ -394,7 +430,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     ):
         _check_writable(folder, what)
     for rec in kill_leftovers(cfg.paths.state_dir):
-        print(f"stopped a leftover engine from an earlier run: {rec.label} (pid {rec.pid})", file=sys.stderr)
+        print(
+            f"stopped a leftover engine from an earlier run: {rec.label} (pid {rec.pid})",
+            file=sys.stderr,
+        )
 
     done: list[Record] = []
     if args.resume:
@@ -427,7 +466,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         probe_name = probe.name
         probe.close()
         if not any(isinstance(r, RunHeader) for r in done):
-            run.record(_header(run, args, [s for s in dict.fromkeys(n for n, _ in chosen)], why, probe_name))
+            run.record(
+                _header(
+                    run, args, [s for s in dict.fromkeys(n for n, _ in chosen)], why, probe_name
+                )
+            )
         log.info("run %s: %d model(s), probe: %s", run_id, len(chosen), why)
         try:
             for setup, spec in chosen:
@@ -443,7 +486,10 @@ def run_from_args(args: argparse.Namespace) -> int:
                     sig.skip_report = True
             journal.close()
         if exit_code and sig.skip_report:
-            print("second signal: report skipped; journal kept at " + str(journal.path), file=sys.stderr)
+            print(
+                "second signal: report skipped; journal kept at " + str(journal.path),
+                file=sys.stderr,
+            )
             return exit_code
     records = read_journal(journal.path)
     outcome, report = finalize(cfg, run_id, records)
@@ -453,4 +499,3 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(f"report: {report}")
     print(f"journal: {journal.path}")
     return exit_code
-

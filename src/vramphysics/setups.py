@@ -73,7 +73,9 @@ class ModelSpec:
 def parse_model_id(text: str) -> ModelSpec:
     """Parse one model ID; a bad one raises SetupError naming it."""
     if not isinstance(text, str):
-        raise SetupError(f"a model ID must be a string, not {type(text).__name__}", model_id=str(text))
+        raise SetupError(
+            f"a model ID must be a string, not {type(text).__name__}", model_id=str(text)
+        )
     raw = text
     stripped = text.strip()
     if not stripped:
@@ -100,7 +102,9 @@ def parse_model_id(text: str) -> ModelSpec:
                 raise SetupError(f"flag #{key} needs a whole number, got {value!r}", model_id=raw)
             number = int(value)
             if number < _INT_FLAGS[key_l]:
-                raise SetupError(f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw)
+                raise SetupError(
+                    f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw
+                )
             if key_l == "ctx" and str(number) != value:
                 raise SetupError(f"flag #{key}={value} has leading zeros", model_id=raw)
             values[key_l] = number

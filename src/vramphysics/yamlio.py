@@ -27,17 +27,19 @@ class Located:
         return None
 
 
-def _index(node: yaml.Node, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+def _index(
+    node: yaml.Node, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
+) -> None:
     out.setdefault(prefix, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            out[(*prefix, key)] = key_node.start_mark.line + 1
-            _index(value_node, (*prefix, key), out)
-            out[(*prefix, key)] = key_node.start_mark.line + 1
+            path = prefix + (key,)
+            out[path] = key_node.start_mark.line + 1
+            _index(value_node, path, out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index(item, (*prefix, i), out)
+            _index(item, prefix + (i,), out)
 
 
 def load_yaml(path: Path, *, what: str) -> Located:

@@ -71,8 +71,12 @@ class MemoryComponents:
     kv_tokens: int | None = None
     compute_bytes: int | None = None
     cuda_graph_bytes: int | None = None
-    total_bytes: int | None = None  # the engine's own figure of its whole footprint (Ollama /api/ps size)
-    calibration: str | None = None  # "engine-kv": cost per token from the engine's KV figures (vLLM)
+    total_bytes: int | None = (
+        None  # the engine's own figure of its whole footprint (Ollama /api/ps size)
+    )
+    calibration: str | None = (
+        None  # "engine-kv": cost per token from the engine's KV figures (vLLM)
+    )
     device_resident: bool = True  # False when the buffers live in host memory (CPU engine)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -156,6 +160,7 @@ class Engine(abc.ABC):
 
     def check_alive(self) -> None:
         """Raise EngineError(kind='engine_crashed') when the engine died under us."""
+        return None
 
     @abc.abstractmethod
     def stop(self) -> None:

@@ -122,10 +122,15 @@ class LlamaCppEngine(Engine):
         log.debug("starting %s", argv)
         try:
             self._proc = ManagedProcess(
-                argv, log_path=log_path, label=f"llamacpp {spec.raw} ctx={ctx}", state_dir=self.state_dir
+                argv,
+                log_path=log_path,
+                label=f"llamacpp {spec.raw} ctx={ctx}",
+                state_dir=self.state_dir,
             )
         except OSError as exc:
-            raise EngineError("start_failed", f"cannot run {argv[0]!r}: {exc.strerror}", model_id=spec.raw) from exc
+            raise EngineError(
+                "start_failed", f"cannot run {argv[0]!r}: {exc.strerror}", model_id=spec.raw
+            ) from exc
         self._spec, self._ctx = spec, ctx
 
     def wait_ready(self) -> None:
@@ -183,7 +188,9 @@ class LlamaCppEngine(Engine):
     def _count_tokens(self, text: str) -> int:
         url = "/tokenize" if self._uses_llama_server else "/extras/tokenize"
         body = {"content": text} if self._uses_llama_server else {"input": text}
-        r = self._client.post(f"{self.base_url}{url}", json=body, timeout=self.cfg.request_timeout_s)
+        r = self._client.post(
+            f"{self.base_url}{url}", json=body, timeout=self.cfg.request_timeout_s
+        )
         r.raise_for_status()
         return len(r.json()["tokens"])
 
@@ -215,11 +222,16 @@ class LlamaCppEngine(Engine):
     def memory_report(self) -> MemoryComponents | None:
         if self._proc is None:
             return None
-        buffers = parse_buffers(read_tail(self._proc.log_path, n_lines=100_000, max_bytes=4_000_000))
+        buffers = parse_buffers(
+            read_tail(self._proc.log_path, n_lines=100_000, max_bytes=4_000_000)
+        )
         if not buffers.buffers:
             return None
         kv = buffers.kv_cache
-        vram = any(not dev.upper().startswith("CPU") and not dev.upper().endswith("_HOST") for dev in buffers.devices)
+        vram = any(
+            not dev.upper().startswith("CPU") and not dev.upper().endswith("_HOST")
+            for dev in buffers.devices
+        )
         return MemoryComponents(
             source="llamacpp-log",
             weights_bytes=buffers.total("weights"),

@@ -26,7 +26,9 @@ def iter_sse_data(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         try:
             event = json.loads(payload)
         except json.JSONDecodeError as exc:
-            raise EngineError("request_failed", f"malformed stream event: {payload[:80]!r}") from exc
+            raise EngineError(
+                "request_failed", f"malformed stream event: {payload[:80]!r}"
+            ) from exc
         if isinstance(event, dict):
             if "error" in event:
                 raise EngineError("request_failed", f"engine error in stream: {event['error']}")
@@ -99,11 +101,17 @@ def stream_completion(
                         first = now
                     last = now
                 if time.monotonic() - sent > timeout_s:
-                    raise EngineError("timeout", f"request ran past {timeout_s:.0f} s", model_id=model_id)
+                    raise EngineError(
+                        "timeout", f"request ran past {timeout_s:.0f} s", model_id=model_id
+                    )
     except httpx.TimeoutException as exc:
-        raise EngineError("timeout", f"no answer within {timeout_s:.0f} s from {url}", model_id=model_id) from exc
+        raise EngineError(
+            "timeout", f"no answer within {timeout_s:.0f} s from {url}", model_id=model_id
+        ) from exc
     except httpx.TransportError as exc:
-        raise EngineError("request_failed", f"{type(exc).__name__} talking to {url}", model_id=model_id) from exc
+        raise EngineError(
+            "request_failed", f"{type(exc).__name__} talking to {url}", model_id=model_id
+        ) from exc
     end = time.monotonic()
     if usage_obj is not None:
         usage = Usage(
@@ -135,7 +143,9 @@ def stream_completion(
     )
 
 
-def _prompt_tokens(payload: dict[str, Any], count_tokens: Callable[[str], int] | None) -> int | None:
+def _prompt_tokens(
+    payload: dict[str, Any], count_tokens: Callable[[str], int] | None
+) -> int | None:
     prompt = payload.get("prompt")
     if count_tokens is None or not isinstance(prompt, str):
         return None

@@ -230,7 +230,12 @@ def kill_leftovers(
     """Stop the trees of `find_leftovers`; returns what was stopped."""
     stopped = []
     for rec in find_leftovers(state_dir, include_live_launchers=include_live_launchers):
-        log.warning("stopping leftover %s (pid %d) started by runner pid %d", rec.label, rec.pid, rec.launcher_pid)
+        log.warning(
+            "stopping leftover %s (pid %d) started by runner pid %d",
+            rec.label,
+            rec.pid,
+            rec.launcher_pid,
+        )
         stop_tree(rec.pid, timeout_s=timeout_s, pgid=rec.pgid)
         (state_dir / _PROCS / f"{rec.pid}.json").unlink(missing_ok=True)
         stopped.append(rec)
