@@ -44,15 +44,16 @@ _SIZE = rf"(?P<num>{_NUM}) ?(?P<unit>GiB|GB|MiB|MB)\b"
 
 # ESC[0;36m ... ESC[0m; also the "^[[" form that copy-pasted logs carry.
 _ANSI = re.compile(r"(?:\x1b|\^\[)\[[0-9;?]*[A-Za-z]")
-# One prefix token at the start of a line; stripped repeatedly.
+# One prefix token at the start of a line, with the one space after it; stripped repeatedly.
+# Indentation is kept: in a traceback it tells source lines from the exception line.
 _PREFIX = re.compile(
     r"""^(?:
-        [\s│┃|]+                                 # indentation, k9s box borders
+        [│┃|]                                    # k9s box borders, compose pipes
       | \[?\d{4}-\d{2}-\d{2}[T\ ][\d:.,]+Z?\]?   # 2025-10-14T23:59:26.998Z  [2026-02-24T20:21:58Z]
       | \([\w\ .:-]*pid=\d+\)                    # (APIServer pid=1)  (EngineCore_DP0 pid=456)
       | \[rank\d+\]:                             # [rank0]:
       | \[Stage-\d+\]                            # [Stage-1] (vllm-omni)
-    )""",
+    )\ ?""",
     re.VERBOSE,
 )
 # INFO 05-12 10:11:12 [gpu_worker.py:227]    (0.8 onwards)
@@ -119,7 +120,9 @@ _CUDA_GRAPH = re.compile(rf"Graph capturing finished in {_NUM} secs?, took {_SIZ
 _VERSION_API = re.compile(r"vLLM API server version v?(?P<v>\d[\w.+-]*)")
 # "Initializing an LLM engine (v0.6.1.dev238+ge2c6e0a82) with config"
 # "Initializing a V1 LLM engine (v0.10.2) with config"
-_VERSION_ENGINE = re.compile(r"Initializing an? (?:V\d+ )?LLM engine \(v?(?P<v>[^)\s]+)\) with config")
+_VERSION_ENGINE = re.compile(
+    r"Initializing an? (?:V\d+ )?LLM engine \(v?(?P<v>[^)\s]+)\) with config"
+)
 # newest start-up banner: "▄▄ ▄█ █     █     █ ▀▄▀ █  version 0.16.0"
 _VERSION_BANNER = re.compile(r"[█▄▀]\s+version\s+v?(?P<v>\d[\w.+-]*)")
 
@@ -179,6 +182,8 @@ _WRAPPER = re.compile(
     r"Engine core initialization failed|EngineDeadError|EngineCore encountered an issue"
 )
 _TRACEBACK = "Traceback (most recent call last)"
+# '  File "/usr/lib/python3.12/multiprocessing/process.py", line 314, in _bootstrap'
+_TRACEBACK_FILE = re.compile(r'^\s*File "[^"]*", line \d+')
 
 
 @dataclass(frozen=True)
@@ -260,11 +265,12 @@ class VllmMetricsFacts:
 def parse_log(text: str, *, metrics: VllmMetricsFacts | None = None) -> VllmLogFacts:
     """Read every figure a vLLM server log states (see ``VllmLogFacts``).
 
-    ``metrics``, when given, supplies the block size for V0 logs that print only a block count.
+    ``metrics``, when given, supplies the block size (over the log's own) for V0 logs, which
+    print a block count rather than a token count.
     """
     acc = _Accumulator()
-    for level, msg in _messages(text):
-        acc.take(msg)
+    for message in _messages(text):
+        acc.take(message.text)
     block_size = _resolve_block_size(acc, metrics)
     tokens = acc.kv_tokens
     if tokens is None and acc.num_gpu_blocks is not None and block_size is not None:
@@ -300,9 +306,9 @@ def classify_failure(text: str) -> VllmFailure | None:
     ERROR line with nothing more specific; its message is the root-cause exception when there is
     one (not vLLM's "Engine core initialization failed. See root cause above." wrapper).
     """
-    messages = list(_messages(text))
-    for _level, msg in messages:
-        failure = _specific_failure(msg)
+    messages = _messages(text)
+    for message in messages:
+        failure = None if message.in_traceback else _specific_failure(message.text)
         if failure is not None:
             return failure
     return _other_failure(messages)
@@ -462,20 +468,43 @@ def _infer_block_size(blocks: int, tokens_per_request: int, concurrency: float) 
     return fits[0] if len(fits) == 1 else None
 
 
-def _messages(text: str) -> list[tuple[str | None, str]]:
-    """Each log line as (level or None, message without colours and prefixes)."""
-    return [_split_line(line) for line in _ANSI.sub("", text).splitlines()]
+@dataclass(frozen=True)
+class _Message:
+    """One log line: its level (or None), its text without colours and prefixes, and whether it
+    is traceback context (a ``File "…"`` line or the source lines under it), which quotes code
+    rather than saying what happened."""
+
+    level: str | None
+    text: str
+    in_traceback: bool
+
+
+def _messages(text: str) -> list[_Message]:
+    messages: list[_Message] = []
+    file_indent: int | None = None  # indentation of the last 'File "…", line N' line
+    for line in _ANSI.sub("", text).splitlines():
+        level, body = _split_line(line)
+        indent = len(body) - len(body.lstrip())
+        is_file_line = _TRACEBACK_FILE.match(body) is not None
+        if is_file_line:
+            file_indent = indent
+        elif file_indent is not None and (indent <= file_indent and body.strip()):
+            file_indent = None
+        in_traceback = is_file_line or file_indent is not None
+        messages.append(_Message(level, body.strip().rstrip("│┃").rstrip(), in_traceback))
+    return messages
 
 
 def _split_line(line: str) -> tuple[str | None, str]:
+    """(level or None, the line after its prefixes, indentation kept)."""
     rest = line
     while m := _PREFIX.match(rest):
         rest = rest[m.end() :]
     level = None
-    if m := _LEVEL.match(rest):
+    if m := _LEVEL.match(rest.lstrip()):
         level = "WARNING" if m["level"] == "WARN" else m["level"]
-        rest = rest[m.end() :]
-    return level, rest.rstrip().rstrip("│┃").rstrip()
+        rest = rest.lstrip()[m.end() :]
+    return level, rest
 
 
 def _bytes(m: re.Match[str]) -> int:
@@ -506,20 +535,19 @@ def _specific_failure(msg: str) -> VllmFailure | None:
     return None
 
 
-def _other_failure(messages: list[tuple[str | None, str]]) -> VllmFailure | None:
-    exceptions = [msg for _level, msg in messages if _EXCEPTION_LINE.match(msg)]
-    root_causes = [msg for msg in exceptions if not _WRAPPER.search(msg)]
+def _other_failure(messages: list[_Message]) -> VllmFailure | None:
+    said = [m for m in messages if not m.in_traceback and m.text]
+    exceptions = [m.text for m in said if _EXCEPTION_LINE.match(m.text)]
+    root_causes = [text for text in exceptions if not _WRAPPER.search(text)]
     if root_causes:
         return VllmFailure("other", root_causes[0])
     if exceptions:
         return VllmFailure("other", exceptions[0])
-    for level, msg in messages:
-        if _WRAPPER.search(msg) or (level in ("ERROR", "CRITICAL") and msg):
-            return VllmFailure("other", msg)
-    tracebacks = [i for i, (_level, msg) in enumerate(messages) if _TRACEBACK in msg]
-    if tracebacks:
-        tail = [msg for _level, msg in messages[tracebacks[-1] :] if msg]
-        return VllmFailure("other", tail[-1])
+    for m in said:
+        if _WRAPPER.search(m.text) or m.level in ("ERROR", "CRITICAL"):
+            return VllmFailure("other", m.text)
+    if any(_TRACEBACK in m.text for m in messages):
+        return VllmFailure("other", said[-1].text if said else _TRACEBACK)
     return None
 
 
