@@ -113,7 +113,7 @@ def test_demo_calibrates_within_theory_and_reports(tmp_path: Path, models: Path)
     assert {"Summary", "Calibration", "Points", "Benchmarks"} <= set(wb.sheetnames)
     bench = wb["Benchmarks"]
     headers = [c.value for c in bench[1]]
-    row = {h: c.value for h, c in zip(headers, bench[2])}
+    row = {h: c.value for h, c in zip(headers, bench[2], strict=True)}
     assert row["Model"] == "llamacpp:tiny.gguf"
     assert isinstance(row["TTFT (ms)"], float) and row["TTFT (ms)"] > 0
     assert row["Output tokens"] == 16

@@ -61,8 +61,288 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     """`estimate`, `plan` and `inspect-log`: read files, print figures, start nothing."""
+    from vramphysics.physics_db import DB_FILENAME
+    from vramphysics.theory import KV_DTYPES
+
+    def add_model_metadata(p: argparse.ArgumentParser, *, required: bool) -> None:
+        src = p.add_mutually_exclusive_group(required=required)
+        src.add_argument(
+            "--hf-config",
+            metavar="FILE",
+            type=Path,
+            help="HF config.json (or its folder); weights from the *.safetensors beside it",
+        )
+        src.add_argument("--gguf", metavar="FILE", type=Path, help="GGUF model file")
+        src.add_argument(
+            "--ollama-show", metavar="FILE", type=Path, help="saved answer of Ollama's /api/show"
+        )
+        p.add_argument(
+            "--kv-dtype",
+            default="auto",
+            metavar="T",
+            help=f"KV-cache dtype, one of {', '.join(KV_DTYPES)} (default: auto, the model's)",
+        )
+        p.add_argument(
+            "--num-parallel",
+            type=int,
+            default=1,
+            metavar="N",
+            help="sequences cached at once (Ollama's OLLAMA_NUM_PARALLEL; default 1)",
+        )
+
+    p_est = sub.add_parser(
+        "estimate", help="weights, KV cache per token and the total at a context, from metadata"
+    )
+    add_model_metadata(p_est, required=True)
+    p_est.add_argument("--ctx", type=int, metavar="N", help="context length for the total")
+    p_est.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(p_est)
+    p_est.set_defaults(func=_cmd_estimate)
+
+    p_plan = sub.add_parser(
+        "plan", help="vLLM utilization / longest context / fit verdict from calibrated physics"
+    )
+    p_plan.add_argument(
+        "--physics",
+        type=Path,
+        default=Path("calibration") / DB_FILENAME,
+        metavar="FILE",
+        help=f"physics database (default calibration/{DB_FILENAME})",
+    )
+    p_plan.add_argument("--engine", required=True, help="vllm, ollama or llamacpp")
+    p_plan.add_argument("--model", required=True, metavar="ID", help="model ID as calibrated")
+    p_plan.add_argument("--device", required=True, metavar="NAME", help="GPU name as calibrated")
+    p_plan.add_argument(
+        "--total-gib",
+        type=float,
+        metavar="G",
+        help="device memory (default: from the calibration, else NVML)",
+    )
+    target = p_plan.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ctx", type=int, metavar="N", help="plan this context length")
+    target.add_argument(
+        "--budget-gib", type=float, metavar="B", help="longest context within this memory"
+    )
+    p_plan.add_argument(
+        "--margin", type=float, default=0.05, help="safety margin, fraction of the device (0.05)"
+    )
+    p_plan.add_argument(
+        "--used-gib",
+        type=float,
+        metavar="U",
+        help="memory used by other processes (default: NVML's used memory, else 0)",
+    )
+    add_model_metadata(p_plan, required=False)
+    p_plan.add_argument(
+        "--kv-cache-bytes",
+        action="store_true",
+        help="vLLM command with --kv-cache-memory-bytes instead of --gpu-memory-utilization",
+    )
+    p_plan.add_argument("--port", type=int, default=8000, help="port in the vLLM command")
+    p_plan.add_argument("--json", action="store_true", help="print JSON")
+    _add_common(p_plan)
+    p_plan.set_defaults(func=_cmd_plan)
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    """Theory from one metadata file: weights, KV per token, the total at --ctx."""
+    import json
+
+    from vramphysics.allocate import format_bytes
+    from vramphysics.errors import ConfigError
+    from vramphysics.theory import load_theory
+
+    if args.ctx is not None and args.ctx <= 0:
+        raise ConfigError(f"must be a positive number of tokens, got {args.ctx}", key="--ctx")
+    if args.num_parallel < 1:
+        raise ConfigError(f"must be >= 1, got {args.num_parallel}", key="--num-parallel")
+    theory = load_theory(
+        hf_config=args.hf_config,
+        gguf=args.gguf,
+        ollama_show=args.ollama_show,
+        kv_dtype=args.kv_dtype,
+        num_parallel=args.num_parallel,
+    )
+    n_seq = args.num_parallel
+    kv = theory.kv_bytes(args.ctx, n_seq) if args.ctx is not None else None
+    total = theory.total_bytes(args.ctx, n_seq) if args.ctx is not None else None
+    if args.json:
+        doc = theory.to_dict()
+        doc.update(ctx=args.ctx, n_seq=n_seq, kv_bytes=kv, total_bytes=total)
+        print(json.dumps(doc, indent=2))
+        return 0
+    layout = (
+        f"{theory.n_layers} layers x 1 latent of {theory.k_head_dim} values"
+        if theory.attention == "mla"
+        else f"{theory.n_layers} layers x {theory.n_kv_heads} KV heads x "
+        f"({theory.k_head_dim} K + {theory.v_head_dim} V)"
+    )
+    print(f"model:    {theory.arch or 'unknown'} from {theory.source}, {theory.attention.upper()}")
+    print(f"layout:   {layout}")
+    bound = " (upper bound)" if theory.upper_bound else ""
+    print(
+        f"KV cache: {format_bytes(theory.kv_bytes_per_token)} per token per sequence{bound}, "
+        f"{theory.kv_dtype} ({theory.kv_values_per_token} values)"
+    )
+    weights = "unknown" if theory.weights_bytes is None else format_bytes(theory.weights_bytes)
+    print(f"weights:  {weights}")
+    if args.ctx is not None and kv is not None:
+        seqs = f" x {n_seq} sequences" if n_seq > 1 else ""
+        line = f"at ctx {args.ctx}{seqs}: KV {format_bytes(kv)}"
+        if total is not None:
+            line += f", total {format_bytes(total)} (weights + KV, no engine overhead)"
+        print(line)
+    for note in theory.notes:
+        print(f"note:     {note}")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """A plan for one engine, model and device; exits 0 even when the plan is refused."""
+    import json
+    import os
+    import shlex
+
+    from vramphysics import allocate, physics_db
+    from vramphysics.errors import ConfigError
+    from vramphysics.theory import Theory, load_theory
+
+    def nvml_memory(device: str) -> tuple[tuple[int, int] | None, str]:
+        """(total, used) of the GPU named `device`, and a sentence saying what NVML said."""
+        import pynvml
+
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            return None, f"NVML unavailable ({exc})"
+        try:
+            names = []
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                raw = pynvml.nvmlDeviceGetName(handle)
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                names.append(name)
+                if name == device:
+                    mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                    total_b, used_b = int(mem.total), int(mem.used)
+                    return (total_b, used_b), (
+                        f"NVML: GPU {i} ({name}) has {allocate.format_bytes(used_b)} of "
+                        f"{allocate.format_bytes(total_b)} in use, counted as used by others"
+                    )
+            return None, f"NVML: no GPU named {device!r} (found: {', '.join(names) or 'none'})"
+        except pynvml.NVMLError as exc:
+            return None, f"NVML unavailable ({exc})"
+        finally:
+            pynvml.nvmlShutdown()
+
+    for flag, value in (("--total-gib", args.total_gib), ("--used-gib", args.used_gib)):
+        if value is not None and value < 0:
+            raise ConfigError(f"must be >= 0, got {value}", key=flag)
+    if not 0 <= args.margin < 1:
+        raise ConfigError(f"must be in [0, 1), got {args.margin}", key="--margin")
+    if args.ctx is not None and args.ctx <= 0:
+        raise ConfigError(f"must be a positive number of tokens, got {args.ctx}", key="--ctx")
+    gib = allocate.GIB
+    entries = physics_db.load(args.physics)
+    entry = allocate.select_physics(entries, args.engine, args.model, args.device)
+    theory: Theory | None = None
+    if args.hf_config or args.gguf or args.ollama_show:
+        theory = load_theory(
+            hf_config=args.hf_config,
+            gguf=args.gguf,
+            ollama_show=args.ollama_show,
+            kv_dtype=args.kv_dtype,
+            num_parallel=args.num_parallel,
+        )
+    if entry is None and theory is None:
+        others = allocate.calibrated_devices(entries, args.engine, args.model)
+        where = f"only on {', '.join(others)}" if others else "on no device"
+        raise ConfigError(
+            f"{args.engine} / {args.model} was calibrated {where}, not on {args.device}: "
+            "give --hf-config, --gguf or --ollama-show for a theory estimate",
+            path=args.physics,
+        )
+    physics = allocate.resolve_physics(entries, args.engine, args.model, args.device, theory)
+
+    device_messages: list[str] = []
+    total = round(args.total_gib * gib) if args.total_gib is not None else None
+    if total is None and entry is not None and entry.device_total_bytes:
+        total = int(entry.device_total_bytes)
+        device_messages.append(f"device total {allocate.format_bytes(total)} from the calibration")
+    used = round(args.used_gib * gib) if args.used_gib is not None else None
+    if total is None or used is None:
+        nvml, said = nvml_memory(args.device)
+        device_messages.append(said)
+        if nvml is not None:
+            total = nvml[0] if total is None else total
+            used = nvml[1] if used is None else used
+    if total is None:
+        raise ConfigError("the device's memory is unknown: give it", key="--total-gib")
+    if used is None:
+        used = 0
+        device_messages.append("memory used by other processes unknown: taken as 0")
+
+    budget = args.budget_gib * gib if args.budget_gib is not None else None
+    common = dict(
+        total_bytes=total,
+        used_by_others_bytes=used,
+        margin=args.margin,
+        engine=args.engine,
+        model=args.model,
+        device=args.device,
+    )
+    if args.engine == "vllm":
+        plan = allocate.plan_vllm(physics, ctx=args.ctx, budget_bytes=budget, **common)
+    else:
+        plan = allocate.plan_ollama(physics, ctx=args.ctx, budget_bytes=budget, **common)
+    plan = allocate.with_messages(plan, device_messages)
+
+    command: list[str] | None = None
+    docker: list[str] | None = None
+    if plan.fits and args.engine == "vllm":
+        hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+        command = allocate.vllm_command(
+            plan, args.model, port=args.port, kv_cache_bytes=args.kv_cache_bytes
+        )
+        docker = allocate.docker_command(
+            plan, args.model, hf_cache=hf_home, kv_cache_bytes=args.kv_cache_bytes
+        )
+    if args.json:
+        doc = plan.to_dict()
+        doc.update(command=command, docker_command=docker)
+        print(json.dumps(doc, indent=2))
+        return 0
+
+    verdict = "FITS" if plan.fits else "REFUSED"
+    print(f"{verdict}: {plan.engine} / {plan.model} on {plan.device} ({plan.source} physics)")
+    print(
+        f"device:   {allocate.format_bytes(plan.total_bytes)} total, "
+        f"{allocate.format_bytes(plan.used_by_others_bytes)} used by others, "
+        f"{allocate.format_bytes(plan.free_bytes)} free; margin {plan.margin:g}"
+    )
+    print(
+        f"physics:  {allocate.format_bytes(plan.base_bytes)} + ctx x "
+        f"{allocate.format_bytes(plan.cost_per_token_bytes)}"
+    )
+    if plan.ctx is not None and plan.required_bytes is not None:
+        print(f"ctx {plan.ctx}: needs {allocate.format_bytes(plan.required_bytes)}")
+    if plan.gpu_memory_utilization is not None:
+        print(f"--gpu-memory-utilization {plan.gpu_memory_utilization:.3f}")
+    if plan.max_context is not None:
+        print(f"longest context: {plan.max_context} tokens")
+    for message in plan.messages:
+        print(f"- {message}")
+    if command is not None and docker is not None:
+        print(f"command:  {shlex.join(command)}")
+        print(f"docker:   {shlex.join(docker)}")
+    elif args.engine != "vllm" and plan.fits and plan.ctx is not None:
+        print(
+            f"ollama:   request option num_ctx={plan.ctx} "
+            f"(server default: OLLAMA_CONTEXT_LENGTH={plan.ctx})"
+        )
+    return 0
 
 
 def _configure_logging(debug: bool) -> None:

@@ -139,3 +139,109 @@ def write_tiny_gguf(
     writer.close()
     tmp.replace(path)
     return path
+
+
+@dataclass(frozen=True)
+class TinyHfShape:
+    """The shape of the generated Hugging Face llama model (for vLLM)."""
+
+    n_layers: int = 4
+    hidden_size: int = 256
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 512
+    vocab_size: int = 512
+    max_position_embeddings: int = 32768
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
+        """Theory for a bf16 cache: K and V, per layer, per KV head, per head dimension."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_value
+
+
+_SPECIALS = ("<unk>", "<s>", "</s>")
+# Words of the chat template and of the benchmark prompt, so that they are single tokens.
+_HF_WORDS = (
+    "user", "assistant", "system", "Hello", "Explain", "two", "sentences", "why", "KV",
+    "grows", "length",
+)
+_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ message['role'] }}: {{ message['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def _tiny_tokenizer(vocab_size: int) -> object:
+    """A byte-level WordLevel tokenizer: specials, the 256 byte symbols, then whole words.
+
+    Every byte has its own token, so any text encodes (an unknown word becomes `<unk>`, since
+    WordLevel does not split words) and every token decodes to text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    words = [w for base in (*_HF_WORDS, *_WORDS) for w in (base, "\u0120" + base)]
+    vocab: dict[str, int] = {}
+    for token in (*_SPECIALS, *byte_symbols, *words):
+        vocab.setdefault(token, len(vocab))
+    filler = 0
+    while len(vocab) < vocab_size:
+        vocab.setdefault(f"\u0120w{filler}", len(vocab))
+        filler += 1
+    if len(vocab) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} is too small for the byte vocabulary")
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        chat_template=_CHAT_TEMPLATE,
+        model_max_length=32768,
+    )
+
+
+def write_tiny_hf(folder: Path, shape: TinyHfShape | None = None, *, seed: int = 0) -> Path:
+    """Write a random llama model (bf16 safetensors) with its tokenizer into `folder`.
+
+    Needs `torch` and `transformers` (installed with vLLM). The folder is written beside its
+    final place and renamed in one step, so a half-written model is never found.
+    """
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = shape or TinyHfShape()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.n_layers,
+        num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_kv_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    _tiny_tokenizer(shape.vocab_size).save_pretrained(tmp)  # type: ignore[attr-defined]
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder

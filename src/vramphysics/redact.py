@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,6 +22,8 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
 def redact(text: str, env: Mapping[str, str] | None = None) -> str:
     for value in secret_values(env):
         text = text.replace(value, MASK)
+        # as it reads inside a JSON string (the journal): quotes, backslashes, \uXXXX escaped
+        text = text.replace(json.dumps(value)[1:-1], MASK)
     return text
 
 

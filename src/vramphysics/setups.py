@@ -105,7 +105,7 @@ def parse_model_id(text: str) -> ModelSpec:
                 raise SetupError(
                     f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw
                 )
-            if key_l == "ctx" and str(number) != value:
+            if str(number) != value:
                 raise SetupError(f"flag #{key}={value} has leading zeros", model_id=raw)
             values[key_l] = number
         else:

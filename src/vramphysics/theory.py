@@ -506,8 +506,8 @@ def _text_part(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str, list[str]]:
         for k in filled:
             merged[k] = defaults[k]
         notes.append(
-            f"{prefix or 'config'} leaves out {', '.join(filled)}: filled with transformers' "
-            f"defaults for model_type {model_type!r} "
+            f"{prefix.rstrip('.') or 'config'} leaves out {', '.join(filled)}: filled with "
+            f"transformers' defaults for model_type {model_type!r} "
             f"({', '.join(f'{k}={defaults[k]}' for k in filled)})"
         )
     return merged, prefix, notes
