@@ -199,3 +199,31 @@ def test_resume_after_sigkill_finishes_without_duplicates(tmp_path: Path, models
     assert [c for c, _ in entry["points"]] == CONTEXTS
     time.sleep(0.5)
     assert not _our_engines(models), "the engine the killed runner orphaned was stopped"
+
+
+@pytest.mark.slow
+def test_guardrail_warns_and_skips_a_context_that_cannot_fit(tmp_path: Path, models: Path) -> None:
+    ws = _workspace(
+        tmp_path, models, {"demo": ["llamacpp:tiny.gguf"]}, contexts=[512, 1024, 2048, 8192]
+    )
+    cfg = yaml.safe_load((ws / "config.yaml").read_text())
+    cfg["guardrail"] = {"assume_free_gib": 0.03, "skip_if_no_fit": True}
+    (ws / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = _run(ws)
+    assert result.returncode == 0, result.stderr
+    records = _journal(ws)
+    (info,) = [r for r in records if r["kind"] == "model"]
+    weights = info["theory"]["weights_bytes"]
+    (warning,) = [r for r in records if r["kind"] == "warning"]
+    free = int(0.03 * 2**30)
+    assert warning["ctx"] == 8192 and warning["free_bytes"] == free
+    assert warning["predicted_bytes"] == weights + 8192 * 4096  # theory: no calibration yet
+    assert warning["max_context"] == (free - weights) // 4096
+    assert "guardrail" in result.stderr
+    assert sorted(r["ctx"] for r in records if r["kind"] == "point") == [512, 1024, 2048]
+    skipped = [r for r in records if r["kind"] == "status" and r["status"] == "SKIPPED"]
+    assert [r["ctx"] for r in skipped] == [8192]
+    (xlsx,) = (ws / "rep").glob("*.xlsx")
+    cal = load_workbook(xlsx)["Calibration"]
+    headers = [c.value for c in cal[1]]
+    assert "guardrail" in cal.cell(row=2, column=headers.index("Warnings") + 1).value

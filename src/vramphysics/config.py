@@ -103,6 +103,17 @@ class BenchConfig(_Strict):
     warmup_max_tokens: int = Field(4, ge=1)
 
 
+class GuardrailConfig(_Strict):
+    """Before each start, predict the need (physics database, else theory) and compare it with
+    free device memory (NVML)."""
+
+    enabled: bool = True
+    assume_free_gib: float | None = Field(
+        None, gt=0, description="plan as if this much device memory were free (no NVML needed)"
+    )
+    skip_if_no_fit: bool = Field(False, description="skip a context predicted not to fit")
+
+
 class PathsConfig(_Strict):
     calibration_dir: Path = Path("calibration")
     report_dir: Path = Path("reports")
@@ -114,6 +125,7 @@ class Config(_Strict):
     sweep: SweepConfig = SweepConfig()
     probes: ProbeConfig = ProbeConfig()
     bench: BenchConfig = BenchConfig()
+    guardrail: GuardrailConfig = GuardrailConfig()
     paths: PathsConfig = PathsConfig()
     loadouts: dict[str, list[str]] = {}
     source: Path | None = Field(None, exclude=True)

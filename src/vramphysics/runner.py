@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vramphysics import __version__, physics_db
+from vramphysics.allocate import plan_ollama, resolve_physics
 from vramphysics.bench import throughput
 from vramphysics.calibrate import measure_point
 from vramphysics.config import Config, load_config
@@ -44,12 +46,17 @@ from vramphysics.records import (
     Record,
     RunHeader,
     StatusRow,
+    Warning_,
 )
 from vramphysics.redact import RedactingFilter, redact
 from vramphysics.report import write_report
 from vramphysics.setups import ModelSpec, load_setups, select_setups
 
+if TYPE_CHECKING:
+    from vramphysics.theory import Theory
+
 log = logging.getLogger(__name__)
+GIB = 2**30
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -202,13 +209,13 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
             _fail(run, spec, engine.name, exc, ctx=None)
             run.progress.update(len(contexts))
             return
-    theory = None
+    theory_obj: Theory | None = None
     if avail.present:
         try:
-            t = engine.theory(spec)
-            theory = t.to_dict() if t is not None else None
+            theory_obj = engine.theory(spec)
         except (ConfigError, OSError, ValueError, KeyError) as exc:
             log.warning("%s: no theory: %s", spec.raw, exc)
+    theory = theory_obj.to_dict() if theory_obj is not None else None
     if not any(isinstance(r, ModelInfo) and r.model == spec.raw for r in run.done):
         run.record(
             ModelInfo(
@@ -241,6 +248,9 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
         if (not calibrating or run.point_done(spec.raw, ctx)) and not need_bench:
             if calibrating:
                 run.progress.update(1)
+            continue
+        if not _guardrail(run, engine, spec, ctx, theory_obj):
+            run.progress.update(1 if calibrating else 0)
             continue
         try:
             _one_start(
@@ -338,6 +348,63 @@ def _one_start(
             )
     finally:
         engine.stop()
+
+
+def _device_memory(run: _Run) -> tuple[str, int, int] | None:
+    """(device name, total bytes, free bytes) of the device a start will land on, if known."""
+    g = run.cfg.guardrail
+    gpus = nvml_status().gpus if run.nvml.available else ()
+    gpu = next((x for x in gpus if x.index == run.cfg.probes.gpu_index), None)
+    if g.assume_free_gib is not None:
+        free = int(g.assume_free_gib * GIB)
+        return (gpu.name if gpu else "cpu", gpu.total_bytes if gpu else free, free)
+    if gpu is None:
+        return None
+    return gpu.name, gpu.total_bytes, gpu.free_bytes
+
+
+def _guardrail(run: _Run, engine: Engine, spec: ModelSpec, ctx: int, theory: Theory | None) -> bool:
+    """Warn (and skip, when configured) before a start predicted not to fit in free memory."""
+    if not run.cfg.guardrail.enabled:
+        return True
+    memory = _device_memory(run)
+    if memory is None:
+        return True  # no device memory figure: nothing to compare with
+    device, total, free = memory
+    entries = physics_db.load(physics_db.db_path(run.cfg.paths.calibration_dir))
+    try:
+        physics = resolve_physics(entries, engine.name, engine.model_key(spec), device, theory)
+    except ConfigError as exc:
+        log.debug("%s: no prediction for the guardrail: %s", spec.raw, exc)
+        return True
+    plan = plan_ollama(
+        physics, total_bytes=total, ctx=ctx, used_by_others_bytes=total - free, margin=0
+    )
+    if plan.fits:
+        return True
+    skip = run.cfg.guardrail.skip_if_no_fit
+    message = (
+        f"guardrail: ctx {ctx} is predicted to need {(plan.required_bytes or 0) / GIB:.2f} GiB "
+        f"({physics.source}) but {free / GIB:.2f} GiB is free on {device}; "
+        f"the largest context that fits is {plan.max_context}" + ("; skipped" if skip else "")
+    )
+    log.warning("%s: %s", spec.raw, message)
+    run.record(
+        Warning_(
+            model=spec.raw,
+            engine=engine.name,
+            ctx=ctx,
+            message=message,
+            predicted_bytes=plan.required_bytes,
+            free_bytes=free,
+            max_context=plan.max_context,
+        )
+    )
+    if skip:
+        run.record(
+            StatusRow(model=spec.raw, engine=engine.name, status="SKIPPED", reason=message, ctx=ctx)
+        )
+    return not skip
 
 
 def _fail(run: _Run, spec: ModelSpec, engine: str, exc: EngineError, *, ctx: int | None) -> None:
