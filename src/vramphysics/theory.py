@@ -231,7 +231,12 @@ def _theory(
 
 
 def _positive_int(value: Any, *, path: Path | None, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise ConfigError(f"expected a whole number, got {value!r}", path=path, key=key)
     if int(value) <= 0:
         raise ConfigError(f"expected a positive number, got {value!r}", path=path, key=key)

@@ -1,0 +1,356 @@
+"""allocate.py: the planner's arithmetic, worked by hand (GiB = 2**30 bytes)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from vramphysics.allocate import (
+    Physics,
+    SheetRow,
+    docker_command,
+    max_context,
+    plan_ollama,
+    plan_sheet_rows,
+    plan_vllm,
+    required_bytes,
+    resolve_physics,
+    select_physics,
+    vllm_command,
+    vllm_utilization,
+)
+from vramphysics.errors import ConfigError
+from vramphysics.physics_db import PhysicsEntry
+from vramphysics.theory import Theory
+
+GIB = 2**30
+H100 = "NVIDIA H100 80GB HBM3"
+A100 = "NVIDIA A100-SXM4-80GB"
+
+
+def entry(
+    *,
+    device: str = H100,
+    probe: str = "vllm-metrics",
+    base: float = 8 * GIB,
+    cost: float = 131_072,
+    engine: str = "vllm",
+    model: str = "meta-llama/Llama-3.1-8B-Instruct",
+    r2: float | None = 0.999,
+    total: int | None = None,
+) -> PhysicsEntry:
+    return PhysicsEntry(
+        engine=engine,
+        model=model,
+        device=device,
+        probe=probe,
+        base_bytes=base,
+        cost_per_token_bytes=cost,
+        r2=r2,
+        n_points=5,
+        points=(),
+        engine_starts=5,
+        device_total_bytes=total,
+    )
+
+
+def theory(weights: int | None = 16 * GIB, kv: float = 131_072, n_seq: int = 1) -> Theory:
+    return Theory(
+        source="hf-config",
+        arch="llama",
+        n_layers=32,
+        n_kv_heads=8,
+        k_head_dim=128,
+        v_head_dim=128,
+        kv_dtype="bf16",
+        kv_bytes_per_token=kv,
+        weights_bytes=weights,
+        n_seq=n_seq,
+    )
+
+
+# --------------------------------------------------------------------------- the formula
+
+
+def test_required_bytes() -> None:
+    # 8 GiB + 32768 tokens x 128 KiB = 8 GiB + 4 GiB
+    assert required_bytes(8 * GIB, 131_072, 32_768) == 12 * GIB
+
+
+def test_utilization_is_required_over_total_plus_margin() -> None:
+    # 12 GiB / 80 GiB = 0.15, + 0.05 = 0.2 exactly (no float noise rounding it up to 0.201)
+    assert vllm_utilization(12 * GIB, 80 * GIB) == 0.2
+    # 7 / 100 + 0.05 is 0.12000000000000001 in floats: still 0.12, not 0.121
+    assert vllm_utilization(7 * GIB, 100 * GIB) == 0.12
+    # 73.4 / 1000 + 0.05 = 0.1234 -> rounded UP to 0.124, never down to 0.123
+    assert vllm_utilization(73.4, 1000) == 0.124
+    assert vllm_utilization(73.4, 1000, margin=0.0) == 0.074
+
+
+def test_utilization_is_clamped() -> None:
+    assert vllm_utilization(1, 1000, margin=0.0) == 0.05  # 0.001 -> min 0.05
+    assert vllm_utilization(990, 1000) == 0.98  # 1.04 -> max 0.98
+    assert vllm_utilization(500, 1000, max_util=0.5) == 0.5
+    with pytest.raises(ValueError):
+        vllm_utilization(1, 0)
+
+
+def test_max_context_closed_form() -> None:
+    # (72 - 8) GiB / 128 KiB = 64 x 8192
+    assert max_context(72 * GIB, 8 * GIB, 131_072) == 524_288
+    assert max_context(8 * GIB + 1.5 * 131_072, 8 * GIB, 131_072) == 1  # floor
+    assert max_context(7 * GIB, 8 * GIB, 131_072) == 0  # base alone does not fit
+    with pytest.raises(ValueError):
+        max_context(72 * GIB, 8 * GIB, 0)
+    with pytest.raises(ValueError):
+        max_context(72 * GIB, 8 * GIB, -1)
+
+
+# --------------------------------------------------------------------------- vLLM plans
+
+
+def test_plan_vllm_forward() -> None:
+    plan = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB)
+    assert plan.required_bytes == 12 * GIB
+    assert plan.gpu_memory_utilization == 0.2
+    assert plan.kv_cache_memory_bytes == 32_768 * 131_072 == 4 * GIB
+    assert plan.fits is True
+    assert (plan.source, plan.probe, plan.engine, plan.device) == (
+        "calibrated",
+        "vllm-metrics",
+        "vllm",
+        H100,
+    )
+    # longest context in what is free: min(80, 0.98 x 80 = 78.4) - 0.05 x 80 - 8 = 66.4 GiB,
+    # / 128 KiB = 66.4 x 8192 = 543948.8
+    assert plan.max_context == 543_948
+
+
+def test_kv_cache_bytes_cover_whole_blocks() -> None:
+    # ctx 1000 occupies 63 blocks of 16 tokens = 1008 tokens
+    plan = plan_vllm(entry(), ctx=1000, total_bytes=80 * GIB)
+    assert plan.kv_cache_memory_bytes == 1008 * 131_072
+
+
+def test_plan_vllm_refused_when_others_hold_the_memory() -> None:
+    # vLLM would reserve 0.2 x 80 = 16 GiB; 70 GiB used by others leaves 10 GiB
+    plan = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=70 * GIB)
+    assert plan.fits is False
+    assert plan.gpu_memory_utilization == 0.2
+    assert plan.free_bytes == 10 * GIB
+    assert any("refused" in m and "used by other processes" in m for m in plan.messages)
+    # 64 GiB used leaves exactly the 16 GiB it reserves: fits
+    edge = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=64 * GIB)
+    assert edge.fits is True
+
+
+def test_plan_vllm_refused_above_the_cap() -> None:
+    # 8 GiB + 614400 x 128 KiB = 8 + 75 = 83 GiB > 80 GiB
+    plan = plan_vllm(entry(), ctx=614_400, total_bytes=80 * GIB)
+    assert plan.fits is False
+    assert plan.gpu_memory_utilization == 0.98
+    assert any("above the 0.98 cap" in m for m in plan.messages)
+
+
+def test_plan_vllm_inverse() -> None:
+    # margin 0: (72 - 8) GiB / 128 KiB = 524288 tokens, and 72 / 80 = 0.9
+    plan = plan_vllm(entry(), budget_bytes=72 * GIB, total_bytes=80 * GIB, margin=0.0)
+    assert (plan.max_context, plan.ctx) == (524_288, 524_288)
+    assert plan.required_bytes == 72 * GIB
+    assert plan.gpu_memory_utilization == 0.9
+    assert plan.fits is True
+    # margin 0.05 (4 GiB of 80) comes out of the budget: (72 - 4 - 8) GiB / 128 KiB = 491520,
+    # and the forward plan for it asks for (8 + 60) / 80 + 0.05 = 0.9 again
+    plan = plan_vllm(entry(), budget_bytes=72 * GIB, total_bytes=80 * GIB)
+    assert plan.max_context == 491_520
+    assert plan.gpu_memory_utilization == 0.9
+
+
+def test_plan_vllm_inverse_budget_below_base() -> None:
+    plan = plan_vllm(entry(), budget_bytes=10 * GIB, total_bytes=80 * GIB)
+    # 10 - 4 (margin) = 6 GiB < 8 GiB base
+    assert plan.fits is False and plan.max_context == 0 and plan.ctx is None
+    with pytest.raises(ValueError, match="refused"):
+        vllm_command(plan, "m")
+
+
+def test_plan_vllm_needs_exactly_one_target() -> None:
+    with pytest.raises(ValueError):
+        plan_vllm(entry(), total_bytes=80 * GIB)
+    with pytest.raises(ValueError):
+        plan_vllm(entry(), ctx=1, budget_bytes=GIB, total_bytes=80 * GIB)
+
+
+# --------------------------------------------------------------------------- Ollama plans
+
+
+def test_plan_ollama_guardrail() -> None:
+    e = entry(engine="ollama", probe="ollama-ps", base=5 * GIB)
+    # 5 GiB + 8192 x 128 KiB = 6 GiB; margin 0.05 x 24 = 1.2 GiB; free 24 - 16 = 8 GiB
+    ok = plan_ollama(e, ctx=8192, total_bytes=24 * GIB, used_by_others_bytes=16 * GIB)
+    assert ok.required_bytes == 6 * GIB
+    assert ok.fits is True
+    # longest: (8 - 1.2 - 5) GiB / 128 KiB = 1.8 x 8192 = 14745.6
+    assert ok.max_context == 14_745
+    assert ok.gpu_memory_utilization is None
+    # 17 GiB used: 6 + 1.2 = 7.2 GiB > 7 GiB free
+    no = plan_ollama(e, ctx=8192, total_bytes=24 * GIB, used_by_others_bytes=17 * GIB)
+    assert no.fits is False
+    assert any("refused" in m for m in no.messages)
+    # margin 0: fits = required <= free; (8 - 5) GiB / 128 KiB = 24576
+    bare = plan_ollama(e, total_bytes=24 * GIB, used_by_others_bytes=16 * GIB, margin=0.0)
+    assert (bare.max_context, bare.ctx, bare.fits) == (24_576, 24_576, True)
+
+
+def test_plan_ollama_theory_counts_parallel_sequences() -> None:
+    t = theory(weights=4 * GIB, kv=65_536, n_seq=4)
+    plan = plan_ollama(t, ctx=8192, total_bytes=24 * GIB, margin=0.0)
+    # 4 GiB + 8192 tokens x 4 sequences x 64 KiB = 4 + 2 GiB
+    assert plan.required_bytes == 6 * GIB
+    assert plan.source == "theory"
+
+
+# --------------------------------------------------------------------------- calibrated or theory
+
+
+def test_select_physics_prefers_the_direct_probe_on_this_device() -> None:
+    entries = [
+        entry(probe="nvml", base=9 * GIB),
+        entry(probe="vllm-metrics"),
+        entry(probe="process"),
+        entry(device=A100, probe="vllm-metrics", base=1 * GIB),
+    ]
+    chosen = select_physics(entries, "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100)
+    assert chosen is not None and chosen.probe == "vllm-metrics" and chosen.device == H100
+    assert (
+        select_physics(entries[:1], "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100)
+        == (entries[0])
+    )
+
+
+def test_entry_for_another_device_is_never_used_silently() -> None:
+    entries = [entry(device=A100)]
+    assert select_physics(entries, "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100) is None
+    phys = resolve_physics(
+        entries, "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100, theory=theory()
+    )
+    assert phys.source == "theory"
+    assert phys.base_bytes == 16 * GIB and phys.cost_per_token_bytes == 131_072
+    assert f"calibrated on {A100}, not {H100}; using theory" in phys.messages
+    plan = plan_vllm(phys, ctx=32_768, total_bytes=80 * GIB)
+    # (16 + 4) GiB / 80 + 0.05 = 0.3
+    assert (plan.source, plan.gpu_memory_utilization, plan.device) == ("theory", 0.3, H100)
+    assert any("not " + H100 in m for m in plan.messages)
+
+
+def test_no_calibration_and_no_theory_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=f"calibrated on {A100}"):
+        resolve_physics([entry(device=A100)], "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100)
+    with pytest.raises(ConfigError, match="no weights size"):
+        plan_vllm(theory(weights=None), ctx=1024, total_bytes=80 * GIB)
+
+
+def test_calibrated_entry_wins_over_theory() -> None:
+    phys = resolve_physics(
+        [entry()], "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100, theory=theory()
+    )
+    assert (phys.source, phys.base_bytes) == ("calibrated", 8 * GIB)
+
+
+# --------------------------------------------------------------------------- command lines
+
+
+def test_vllm_and_docker_commands() -> None:
+    plan = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB)
+    assert vllm_command(plan, "meta-llama/Llama-3.1-8B-Instruct") == [
+        "vllm",
+        "serve",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--max-model-len",
+        "32768",
+        "--gpu-memory-utilization",
+        "0.2",
+        "--port",
+        "8000",
+    ]
+    assert vllm_command(plan, "m", port=9000, extra=["--enforce-eager"], kv_cache_bytes=True) == [
+        "vllm",
+        "serve",
+        "m",
+        "--max-model-len",
+        "32768",
+        "--kv-cache-memory-bytes",
+        str(4 * GIB),
+        "--port",
+        "9000",
+        "--enforce-eager",
+    ]
+    assert docker_command(plan, "m") == [
+        "docker",
+        "run",
+        "--gpus",
+        "all",
+        "-p",
+        "127.0.0.1:8300:8000",
+        "--ipc=host",
+        "-v",
+        "~/.cache/huggingface:/root/.cache/huggingface",
+        "vllm/vllm-openai:latest",
+        "--model",
+        "m",
+        "--max-model-len",
+        "32768",
+        "--gpu-memory-utilization",
+        "0.2",
+    ]
+
+
+def test_plan_to_dict_keys() -> None:
+    d = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB).to_dict()
+    for key in (
+        "gpu_memory_utilization",
+        "required_bytes",
+        "max_context",
+        "fits",
+        "source",
+        "kv_cache_memory_bytes",
+    ):
+        assert key in d
+    assert json.loads(json.dumps(d)) == d
+
+
+def test_physics_record_plans_directly() -> None:
+    phys = Physics(source="calibrated", base_bytes=8 * GIB, cost_per_token_bytes=131_072)
+    plan = plan_vllm(phys, ctx=32_768, total_bytes=80 * GIB, model="m", device="d")
+    assert (plan.gpu_memory_utilization, plan.model, plan.device) == (0.2, "m", "d")
+
+
+# --------------------------------------------------------------------------- report sheet
+
+
+def test_plan_sheet_rows() -> None:
+    entries = [
+        entry(probe="nvml", base=9 * GIB),
+        entry(),  # vllm-metrics: preferred
+        entry(device=A100, base=70 * GIB, total=80 * GIB),
+        entry(device="unknown GPU"),  # no total anywhere: left out
+    ]
+    rows = plan_sheet_rows(entries, {H100: 80 * GIB})
+    assert [(r.device, r.probe) for r in rows] == [(A100, "vllm-metrics"), (H100, "vllm-metrics")]
+    h100 = rows[1]
+    assert isinstance(h100, SheetRow)
+    utils = dict(h100.utilization)
+    # 4096: (8 + 0.5) / 80 + 0.05 = 0.15625 -> 0.157; 131072: (8 + 16) / 80 + 0.05 = 0.35
+    assert utils[4096] == 0.157
+    assert utils[32768] == 0.2
+    assert utils[131072] == 0.35
+    # at 0.9 with margin 0.05: (0.85 x 80 - 8) GiB / 128 KiB = 60 x 8192
+    assert h100.max_context_at_90 == 491_520
+    a100 = dict(rows[0].utilization)
+    # 70 + 16 = 86 GiB at 131072 does not fit in 80 GiB
+    assert a100[131072] is None
+    assert a100[4096] == math.ceil((70.5 / 80 + 0.05) * 1000) / 1000 == 0.932
+    assert json.loads(json.dumps(h100.to_dict()))["utilization"]["4096"] == 0.157
+    assert len(plan_sheet_rows(entries, {H100: 80 * GIB}, best_probe_only=False)) == 3

@@ -1,0 +1,265 @@
+"""`python -m vramphysics estimate` and `plan`, run through `main([...])`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pynvml
+import pytest
+from safetensors.numpy import save_file
+
+from vramphysics.cli import main
+from vramphysics.demo_models import write_tiny_gguf
+from vramphysics.physics_db import PhysicsEntry, write_entries
+
+FIXTURES = Path(__file__).parent / "fixtures" / "theory"
+GIB = 2**30
+H100 = "NVIDIA H100 80GB HBM3"
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def no_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+
+
+@pytest.fixture
+def physics(tmp_path: Path) -> Path:
+    path = tmp_path / "calibration" / "physics.yaml"
+    write_entries(
+        path,
+        [
+            PhysicsEntry(
+                engine="vllm",
+                model=MODEL,
+                device=H100,
+                probe="vllm-metrics",
+                base_bytes=8 * GIB,
+                cost_per_token_bytes=131_072,
+                r2=0.9999,
+                n_points=5,
+                points=(),
+                engine_starts=5,
+                device_total_bytes=80 * GIB,
+            ),
+            PhysicsEntry(
+                engine="ollama",
+                model="llama3.1:8b",
+                device=H100,
+                probe="ollama-ps",
+                base_bytes=5 * GIB,
+                cost_per_token_bytes=131_072,
+                r2=0.999,
+                n_points=5,
+                points=(),
+                engine_starts=5,
+            ),
+        ],
+    )
+    return path
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def test_estimate_hf_config_without_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = run_json(
+        capsys,
+        ["estimate", "--hf-config", str(FIXTURES / "llama-3.1-8b.config.json"), "--ctx", "8192"],
+    )
+    assert doc["kv_bytes_per_token"] == 131_072
+    assert doc["kv_bytes"] == 8192 * 131_072 == GIB
+    assert doc["weights_bytes"] is None and doc["total_bytes"] is None
+    assert (doc["ctx"], doc["kv_dtype"], doc["source"], doc["upper_bound"]) == (
+        8192,
+        "bf16",
+        "hf-config",
+        False,
+    )
+    assert (doc["n_layers"], doc["n_kv_heads"], doc["k_head_dim"], doc["v_head_dim"]) == (
+        32,
+        8,
+        128,
+        128,
+    )
+
+
+def test_estimate_hf_config_takes_the_safetensors_beside_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(FIXTURES / "qwen2.5-7b.config.json", tmp_path / "config.json")
+    save_file({"w": np.zeros((1000, 1000), dtype=np.float16)}, str(tmp_path / "model.safetensors"))
+    doc = run_json(
+        capsys,
+        [
+            "estimate",
+            "--hf-config",
+            str(tmp_path / "config.json"),
+            "--ctx",
+            "1000",
+            "--kv-dtype",
+            "fp8",
+        ],
+    )
+    # weights 1000 x 1000 x 2; KV 28 x 4 x 256 values x 1 byte (fp8)
+    assert doc["weights_bytes"] == 2_000_000
+    assert doc["kv_bytes_per_token"] == 28_672
+    assert doc["total_bytes"] == 2_000_000 + 1000 * 28_672
+
+
+def test_estimate_gguf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_tiny_gguf(tmp_path / "tiny.gguf")
+    doc = run_json(capsys, ["estimate", "--gguf", str(path), "--ctx", "2048"])
+    assert doc["kv_bytes_per_token"] == 4096
+    assert doc["total_bytes"] == 9_978_880 + 2048 * 4096
+
+
+def test_estimate_ollama_show_num_parallel(capsys: pytest.CaptureFixture[str]) -> None:
+    show = FIXTURES / "ollama-show-llama3.1-dolphin3.json"
+    doc = run_json(
+        capsys, ["estimate", "--ollama-show", str(show), "--ctx", "4096", "--num-parallel", "2"]
+    )
+    assert doc["kv_bytes_per_token"] == 131_072  # one sequence
+    assert doc["n_seq"] == 2
+    assert doc["total_bytes"] == 573_379_328 + 4096 * 2 * 131_072
+
+
+def test_estimate_text_says_upper_bound(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = FIXTURES / "mistral-7b-v0.1.config.json"
+    assert main(["estimate", "--hf-config", str(cfg), "--ctx", "32768"]) == 0
+    out = capsys.readouterr().out
+    assert "128.00 KiB per token per sequence (upper bound)" in out
+    assert "at ctx 32768: KV 4.00 GiB" in out
+    assert "weights:  unknown" in out
+
+
+def test_estimate_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = FIXTURES / "llama-3.1-8b.config.json"
+    assert main(["estimate", "--hf-config", str(cfg), "--kv-dtype", "int3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'int3'" in err and "q8_0" in err
+    assert main(["estimate", "--gguf", str(tmp_path / "absent.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "absent.gguf") in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def test_plan_vllm_forward(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
+    args += ["--device", H100, "--total-gib", "80", "--used-gib", "0", "--ctx", "32768"]
+    doc = run_json(capsys, args)
+    assert doc["gpu_memory_utilization"] == 0.2
+    assert doc["required_bytes"] == 12 * GIB
+    assert doc["kv_cache_memory_bytes"] == 4 * GIB
+    assert (doc["fits"], doc["source"]) == (True, "calibrated")
+    assert doc["command"] == [
+        "vllm",
+        "serve",
+        MODEL,
+        "--max-model-len",
+        "32768",
+        "--gpu-memory-utilization",
+        "0.2",
+        "--port",
+        "8000",
+    ]
+    assert doc["docker_command"][:6] == [
+        "docker",
+        "run",
+        "--gpus",
+        "all",
+        "-p",
+        "127.0.0.1:8300:8000",
+    ]
+    doc = run_json(capsys, [*args, "--kv-cache-bytes"])
+    assert doc["command"][5:7] == ["--kv-cache-memory-bytes", str(4 * GIB)]
+
+
+def test_plan_vllm_inverse(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
+    args += ["--device", H100, "--total-gib", "80", "--used-gib", "0"]
+    doc = run_json(capsys, [*args, "--budget-gib", "72", "--margin", "0"])
+    assert doc["max_context"] == 524_288 and doc["gpu_memory_utilization"] == 0.9
+
+
+def test_plan_refused_exits_0_with_fits_false(
+    physics: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
+    args += ["--device", H100, "--total-gib", "80", "--used-gib", "70", "--ctx", "32768"]
+    doc = run_json(capsys, args)
+    assert doc["fits"] is False and doc["command"] is None
+    assert doc["used_by_others_bytes"] == 70 * GIB
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("REFUSED: vllm")
+    assert "command:" not in out
+
+
+def test_plan_device_total_from_calibration_and_nvml_unavailable(
+    physics: Path, capsys: pytest.CaptureFixture[str], no_nvml: None
+) -> None:
+    args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
+    doc = run_json(capsys, [*args, "--device", H100, "--ctx", "32768"])
+    assert doc["total_bytes"] == 80 * GIB and doc["used_by_others_bytes"] == 0
+    assert any("NVML unavailable" in m for m in doc["messages"])
+    assert any("taken as 0" in m for m in doc["messages"])
+
+
+def test_plan_used_memory_from_nvml(
+    physics: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = {
+        "nvmlInit": lambda: None,
+        "nvmlShutdown": lambda: None,
+        "nvmlDeviceGetCount": lambda: 2,
+        "nvmlDeviceGetHandleByIndex": lambda i: i,
+        "nvmlDeviceGetName": lambda h: ["NVIDIA RTX 4090", H100][h],
+        "nvmlDeviceGetMemoryInfo": lambda h: SimpleNamespace(total=80 * GIB, used=70 * GIB),
+    }
+    for name, fn in fake.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
+    doc = run_json(capsys, [*args, "--device", H100, "--ctx", "32768"])
+    assert doc["used_by_others_bytes"] == 70 * GIB and doc["fits"] is False
+    assert any("GPU 1" in m for m in doc["messages"])
+
+
+def test_plan_other_device_falls_back_to_theory(
+    physics: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf")
+    args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
+    args += ["--device", "NVIDIA L4", "--total-gib", "24", "--used-gib", "0", "--ctx", "2048"]
+    doc = run_json(capsys, [*args, "--gguf", str(gguf)])
+    assert doc["source"] == "theory"
+    assert doc["required_bytes"] == 9_978_880 + 2048 * 4096
+    assert any(f"calibrated on {H100}, not NVIDIA L4; using theory" in m for m in doc["messages"])
+    # without metadata: a one-line error naming the database and the flags
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(physics) in err and "--gguf" in err and err.count("\n") == 1
+
+
+def test_plan_ollama_guardrail(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", "--physics", str(physics), "--engine", "ollama", "--model", "llama3.1:8b"]
+    args += ["--device", H100, "--total-gib", "24", "--used-gib", "16", "--ctx", "8192"]
+    doc = run_json(capsys, args)
+    # 5 GiB + 8192 x 128 KiB = 6 GiB; + 1.2 GiB margin <= 8 GiB free
+    assert (doc["fits"], doc["required_bytes"], doc["max_context"]) == (True, 6 * GIB, 14_745)
+    assert doc["gpu_memory_utilization"] is None and doc["command"] is None
