@@ -19,8 +19,10 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
+from vramphysics.allocate import plan_sheet_rows
 from vramphysics.calibrate import Fit
 from vramphysics.outcome import ModelRow, Outcome
+from vramphysics.physics_db import PhysicsEntry
 from vramphysics.redact import redact
 
 GIB = 2**30
@@ -259,6 +261,51 @@ def _summary(wb: Workbook, outcome: Outcome) -> None:
         ws.cell(row=r, column=2, value=redact(v) if isinstance(v, str) else v)
     ws.column_dimensions["A"].width = 18
     ws.column_dimensions["B"].width = 80
+
+
+PLAN_CONTEXTS = (4096, 8192, 16384, 32768, 131072)
+
+
+def plan_sheet(
+    entries: Sequence[PhysicsEntry], contexts: Sequence[int] = PLAN_CONTEXTS
+) -> ExtraSheet:
+    """The Plan sheet: per calibrated model and device, vLLM's utilization for standard contexts
+    and the largest context at 90% of the device (best probe per model and device)."""
+    rows = plan_sheet_rows(entries, {}, contexts=tuple(contexts))
+    columns = (
+        Column("Engine", "Engine of the calibration", 10),
+        Column("Model", "Model as stored in the physics database", 34),
+        Column("Device", "Device the calibration was measured on", 16),
+        Column("Probe", "Which calibration of the model the plan uses", 12),
+        Column("Device total (GiB)", "Memory of the device", 12),
+        *(
+            Column(
+                f"Util @ {c} tokens",
+                f"--gpu-memory-utilization for a {c}-token context: (base + ctx x cost) / total "
+                "+ 5% margin, rounded up; empty when it does not fit",
+                12,
+            )
+            for c in contexts
+        ),
+        Column(
+            "Max context @ 90% (tokens)", "Longest context with --gpu-memory-utilization 0.9", 14
+        ),
+    )
+    out = []
+    for r in rows:
+        utils = dict(r.utilization)
+        out.append(
+            (
+                r.engine,
+                r.model,
+                r.device,
+                r.probe,
+                _gib(r.total_bytes),
+                *(utils.get(c) for c in contexts),
+                r.max_context_at_90,
+            )
+        )
+    return ExtraSheet("Plan", columns, tuple(out))
 
 
 def write_report(path: Path, outcome: Outcome, extra: Sequence[ExtraSheet] = ()) -> Path:

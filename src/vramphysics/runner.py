@@ -49,7 +49,7 @@ from vramphysics.records import (
     Warning_,
 )
 from vramphysics.redact import RedactingFilter, redact
-from vramphysics.report import write_report
+from vramphysics.report import plan_sheet, write_report
 from vramphysics.setups import ModelSpec, load_setups, select_setups
 
 if TYPE_CHECKING:
@@ -426,10 +426,12 @@ def _fail(run: _Run, spec: ModelSpec, engine: str, exc: EngineError, *, ctx: int
 def finalize(cfg: Config, run_id: str, records: list[Record]) -> tuple[Outcome, Path]:
     """Derive the database entries and the report from the journal's records."""
     outcome = build_outcome(records, min_points=cfg.sweep.min_points)
-    if outcome.entries:
-        physics_db.write_entries(physics_db.db_path(cfg.paths.calibration_dir), outcome.entries)
+    db = physics_db.db_path(cfg.paths.calibration_dir)
+    entries = (
+        physics_db.write_entries(db, outcome.entries) if outcome.entries else physics_db.load(db)
+    )
     report = cfg.paths.report_dir / f"{run_id}.xlsx"
-    write_report(report, outcome)
+    write_report(report, outcome, extra=[plan_sheet(entries)])
     return outcome, report
 
 
