@@ -41,5 +41,8 @@ unit: install-dev
 test: install-dev lint typecheck
 	$(PY) -m pytest -q
 
+faults: install-dev
+	$(PY) -m pytest tests/faults -q
+
 clean:
 	rm -rf $(VENV) $(MODELS) reports calibration run .pytest_cache .mypy_cache .ruff_cache

@@ -409,6 +409,18 @@ def run_main(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
             raise
         print(f"vramphysics: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("vramphysics: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 3
+        if debug:
+            raise
+        log.debug("internal error", exc_info=True)
+        print(
+            f"vramphysics: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def main(argv: Sequence[str] | None = None) -> int:

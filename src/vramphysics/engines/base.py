@@ -87,6 +87,28 @@ class MemoryComponents:
         return None
 
 
+@dataclass(frozen=True)
+class ResidentModel:
+    """A model an engine holds now, with the memory it reports for it."""
+
+    name: str
+    size_bytes: int | None = None
+    vram_bytes: int | None = None
+    ctx: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Is the engine up at its configured address, and what does it hold?"""
+
+    name: str
+    up: bool
+    url: str
+    version: str | None = None
+    models: tuple[ResidentModel, ...] = ()
+    detail: str = ""
+
+
 class Engine(abc.ABC):
     """An inference engine we can start at a context size, query, measure and stop."""
 
@@ -169,6 +191,26 @@ class Engine(abc.ABC):
     def close(self) -> None:
         """Release what the engine holds across starts (a server we launched)."""
         self.stop()
+
+    # -- services (manage_loadout.py) ----------------------------------------------------------
+    serves_many_models: ClassVar[bool] = False  # one server holds several models (Ollama)
+
+    def status(self) -> EngineStatus:
+        """Ask the configured address whether the engine is up and what it holds (no start)."""
+        raise NotImplementedError(f"{type(self).__name__}.status")
+
+    def detach(self) -> None:
+        """Leave what `start` launched running on purpose (a loadout); `close` will not stop it."""
+        raise EngineError("other", f"{self.name} cannot leave a model running")
+
+    def kill_managed(self) -> list[str]:
+        """Stop every service of this engine that this tool started or manages; say what."""
+        from vramphysics.engines.process import kill_leftovers
+
+        stopped = kill_leftovers(
+            self.state_dir, include_live_launchers=True, include_kept=True, engine=self.name
+        )
+        return [f"{r.label} (pid {r.pid})" for r in stopped]
 
     def __enter__(self) -> Engine:
         return self

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from vramphysics.config import LlamaCppConfig
-from vramphysics.engines.base import Availability, Completion, Engine, MemoryComponents
+from vramphysics.engines.base import (
+    Availability,
+    Completion,
+    Engine,
+    EngineStatus,
+    MemoryComponents,
+    ResidentModel,
+)
 from vramphysics.engines.llamacpp_log import parse_buffers
 from vramphysics.engines.openai_compat import stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail
@@ -241,6 +248,27 @@ class LlamaCppEngine(Engine):
             device_resident=vram,
             extra={"kv_type": kv.k_type if kv else None, "devices": list(buffers.devices)},
         )
+
+    def status(self) -> EngineStatus:
+        url = self.base_url
+        try:
+            r = self._client.get(f"{url}/v1/models", timeout=3.0)
+            r.raise_for_status()
+            ids = [m.get("id", "?") for m in r.json().get("data", [])]
+        except (httpx.HTTPError, ValueError) as exc:
+            return EngineStatus(self.name, False, url, detail=type(exc).__name__)
+        return EngineStatus(
+            self.name,
+            True,
+            url,
+            version=self.version(),
+            models=tuple(ResidentModel(name=i) for i in ids),
+        )
+
+    def detach(self) -> None:
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            proc.detach()
 
     def log_tail(self, n_lines: int = 40) -> str:
         return self._proc.log_tail(n_lines) if self._proc is not None else ""

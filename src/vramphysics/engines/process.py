@@ -37,6 +37,12 @@ class ProcessRecord:
     launcher_pid: int
     launcher_create_time: float
     log_path: str
+    keep: bool = False  # left running on purpose (manage_loadout.py --apply): not a leftover
+
+    @property
+    def engine(self) -> str:
+        """The engine that launched it: the first word of the label."""
+        return self.label.split(" ", 1)[0]
 
 
 def _create_time(pid: int) -> float | None:
@@ -104,6 +110,18 @@ class ManagedProcess:
 
     def log_tail(self, n_lines: int = 40) -> str:
         return read_tail(self.log_path, n_lines)
+
+    def detach(self) -> None:
+        """Leave the process running on purpose: its record is kept and marked `keep`, so that
+        leftover clean-up skips it and `manage_loadout.py --kill` can still stop it."""
+        if self._record_path is not None and self._record_path.exists():
+            data = json.loads(self._record_path.read_text(encoding="utf-8"))
+            data["keep"] = True
+            tmp = self._record_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            tmp.replace(self._record_path)
+        self._record_path = None
+        self._log_file.close()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM the whole tree, then SIGKILL what is left after `timeout_s`; reap the root."""
@@ -211,25 +229,42 @@ def list_records(state_dir: Path) -> list[tuple[Path, ProcessRecord]]:
     return out
 
 
-def find_leftovers(state_dir: Path, *, include_live_launchers: bool = False) -> list[ProcessRecord]:
-    """Recorded processes still running whose launcher is gone (or all, if asked)."""
+def find_leftovers(
+    state_dir: Path, *, include_live_launchers: bool = False, include_kept: bool = False
+) -> list[ProcessRecord]:
+    """Recorded processes still running whose launcher is gone (or all, if asked).
+
+    Processes left running on purpose (`keep`) are included only with `include_kept`.
+    """
     out = []
     for path, rec in list_records(state_dir):
         if not _matches(rec.pid, rec.create_time):
             path.unlink(missing_ok=True)  # the process is gone: the record is stale
             continue
+        if rec.keep and not include_kept:
+            continue
         launcher_alive = _matches(rec.launcher_pid, rec.launcher_create_time)
-        if include_live_launchers or not launcher_alive:
+        if include_live_launchers or rec.keep or not launcher_alive:
             out.append(rec)
     return out
 
 
 def kill_leftovers(
-    state_dir: Path, *, include_live_launchers: bool = False, timeout_s: float = 15.0
+    state_dir: Path,
+    *,
+    include_live_launchers: bool = False,
+    include_kept: bool = False,
+    engine: str | None = None,
+    timeout_s: float = 15.0,
 ) -> list[ProcessRecord]:
-    """Stop the trees of `find_leftovers`; returns what was stopped."""
+    """Stop the trees of `find_leftovers` (of one engine, when named); returns what was stopped."""
     stopped = []
-    for rec in find_leftovers(state_dir, include_live_launchers=include_live_launchers):
+    found = find_leftovers(
+        state_dir, include_live_launchers=include_live_launchers, include_kept=include_kept
+    )
+    for rec in found:
+        if engine is not None and rec.engine != engine:
+            continue
         log.warning(
             "stopping leftover %s (pid %d) started by runner pid %d",
             rec.label,
