@@ -477,6 +477,22 @@ def _total_ram() -> int:
     return int(psutil.virtual_memory().total)
 
 
+def _validate_models(cfg: Config, specs: list[ModelSpec]) -> None:
+    """Every model ID its engine can never serve fails here, before any engine starts."""
+    by_engine: dict[str, list[ModelSpec]] = {}
+    for spec in specs:
+        by_engine.setdefault(spec.engine, []).append(spec)
+    for name, engine_specs in by_engine.items():
+        engine = create_engine(
+            name, cfg, state_dir=cfg.paths.state_dir, log_dir=cfg.paths.state_dir / "logs"
+        )
+        try:
+            for spec in engine_specs:
+                engine.validate(spec)
+        finally:
+            engine.close()
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry point of `runner.py` and `python -m vramphysics run`."""
     for handler in logging.getLogger().handlers:
@@ -489,9 +505,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 0
     setups = load_setups(args.setups)
     chosen = select_setups(setups, args.setup_names, path=args.setups)
-    physics_db.load(
-        physics_db.db_path(cfg.paths.calibration_dir)
-    )  # a corrupt database stops us now
+    _validate_models(cfg, [spec for _setup, spec in chosen])
+    # a corrupt database stops us now, before any engine starts
+    physics_db.load(physics_db.db_path(cfg.paths.calibration_dir))
     for folder, what in (
         (cfg.paths.calibration_dir, "calibration"),
         (cfg.paths.report_dir, "report"),

@@ -123,6 +123,13 @@ class Engine(abc.ABC):
     def version(self) -> str:
         """The engine's version string (for every row we write)."""
 
+    def validate(self, spec: ModelSpec) -> None:
+        """Reject a model ID this engine can never serve (SetupError naming it); no I/O.
+
+        Called for every model before the first engine starts, so bad input fails fast.
+        """
+        return None
+
     @abc.abstractmethod
     def check_available(self, spec: ModelSpec) -> Availability:
         """Is the model present? Never downloads."""

@@ -91,6 +91,12 @@ class LlamaCppEngine(Engine):
     def model_path(self, spec: ModelSpec) -> Path:
         return resolve_model_path(spec.name, self.cfg.model_dir)
 
+    def validate(self, spec: ModelSpec) -> None:
+        try:
+            self.model_path(spec)
+        except SetupError as exc:
+            raise SetupError(exc.message, model_id=spec.raw) from exc
+
     def check_available(self, spec: ModelSpec) -> Availability:
         path = self.model_path(spec)
         if path.is_file():
