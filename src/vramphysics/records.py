@@ -152,6 +152,8 @@ RECORD_TYPES: dict[str, type[Record]] = {
 
 
 def record_from_json(d: dict[str, Any]) -> Record:
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object, got {type(d).__name__}")
     cls = RECORD_TYPES.get(d.get("kind", ""))
     if cls is None:
         raise ValueError(f"unknown record kind {d.get('kind')!r}")

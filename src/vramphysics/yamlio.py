@@ -27,13 +27,21 @@ class Located:
         return None
 
 
+def _key(node: yaml.ScalarNode) -> Any:
+    """A mapping key as the safe loader builds it (`5`, `True`, 'demo'), so data keys find it."""
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node)
+    except yaml.YAMLError:
+        return node.value
+
+
 def _index(
     node: yaml.Node, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
 ) -> None:
     out.setdefault(prefix, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            key = _key(key_node) if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
             path = prefix + (key,)
             out[path] = key_node.start_mark.line + 1
             _index(value_node, path, out)

@@ -1,0 +1,147 @@
+"""The pure fit `bytes = base + ctx * cost` (calibrate.fit_linear)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from vramphysics.calibrate import NotEnoughPoints, components_dict, fit_linear
+from vramphysics.engines.base import MemoryComponents
+
+CONTEXTS = (512, 1024, 2048, 4096, 8192)
+
+
+def test_exact_line() -> None:
+    base, cost = 1e8, 4096.0
+    points = [(c, base + c * cost) for c in CONTEXTS]
+    fit = fit_linear(points)
+    assert fit.base_bytes == pytest.approx(1e8, abs=1e-3)
+    assert fit.cost_per_token_bytes == pytest.approx(4096.0, abs=1e-9)
+    assert fit.r2 == pytest.approx(1.0, abs=1e-12)
+    assert fit.n_points == 5
+    assert fit.residuals_bytes == pytest.approx((0.0,) * 5, abs=1e-6)
+    # linregress derives the standard errors from 1 - r2, which rounds to ~1e-16 rather than 0:
+    # on a 1e8-byte intercept that leaves ~0.15 B, i.e. zero to within 1e-8 of the base
+    assert fit.base_stderr_bytes == pytest.approx(0.0, abs=1.0)
+    assert fit.cost_stderr_bytes == pytest.approx(0.0, abs=1e-3)
+    # 1e8 + 8192 * 4096 = 133_554_432
+    assert fit.predict(8192) == pytest.approx(133_554_432.0)
+    assert fit.predict(0) == pytest.approx(1e8)
+
+
+def test_points_are_sorted_and_typed() -> None:
+    fit = fit_linear([(2048, 3), (512, 1), (1024, 2)])
+    assert fit.points == ((512, 1.0), (1024, 2.0), (2048, 3.0))
+    assert all(isinstance(c, int) and isinstance(b, float) for c, b in fit.points)
+
+
+def test_three_noisy_points_by_hand() -> None:
+    # x = 0, 1000, 2000 (mean 1000); y = 100, 350, 500 (mean 316.67)
+    # Sxx = 2e6; Sxy = (-1000)(-216.67) + 0 + (1000)(183.33) = 400_000
+    # slope = 400_000 / 2e6 = 0.2; intercept = 316.667 - 0.2 * 1000 = 116.667
+    # residuals: 100 - 116.667 = -16.667; 350 - 316.667 = 33.333; 500 - 516.667 = -16.667
+    # SSres = 277.78 + 1111.11 + 277.78 = 1666.67 (= 5000/3)
+    # SStot = 46_944.44 + 1111.11 + 33_611.11 = 81_666.67 (= 245_000/3); r2 = 1 - 1/49 = 48/49
+    # s^2 = SSres / (n - 2) = 1666.67; se(slope) = sqrt(1666.67 / 2e6) = 0.028868
+    # se(intercept) = sqrt(s^2 * (1/3 + 1000^2 / 2e6)) = sqrt(1666.67 * 0.8333) = 37.268
+    fit = fit_linear([(0, 100.0), (1000, 350.0), (2000, 500.0)])
+    assert fit.cost_per_token_bytes == pytest.approx(0.2)
+    assert fit.base_bytes == pytest.approx(350.0 / 3)
+    assert fit.residuals_bytes == pytest.approx((-50 / 3, 100 / 3, -50 / 3))
+    assert fit.r2 == pytest.approx(48 / 49)  # 0.979592
+    assert fit.cost_stderr_bytes == pytest.approx(math.sqrt((5000 / 3) / 2e6))
+    assert fit.base_stderr_bytes == pytest.approx(math.sqrt((5000 / 3) * (1 / 3 + 0.5)))
+    assert sum(fit.residuals_bytes) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_noisy_sweep_agrees_with_numpy_polyfit() -> None:
+    # a llama.cpp-like sweep: ~68.7 MB base, ~4.2 kB/token, a few hundred kB of noise
+    points = [
+        (512, 70_246_400.0),
+        (1024, 73_420_800.0),
+        (2048, 77_725_696.0),
+        (4096, 86_216_704.0),
+        (8192, 103_337_984.0),
+    ]
+    fit = fit_linear(points)
+    x = np.array([c for c, _ in points], dtype=float)
+    y = np.array([b for _, b in points])
+    (slope, intercept), cov = np.polyfit(x, y, 1, cov="unscaled")
+    resid = y - (intercept + slope * x)
+    s2 = float(resid @ resid) / (len(x) - 2)
+    assert fit.cost_per_token_bytes == pytest.approx(slope, rel=1e-9)
+    assert fit.base_bytes == pytest.approx(intercept, rel=1e-9)
+    assert fit.residuals_bytes == pytest.approx(tuple(resid), abs=1e-3)
+    r2 = 1 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum())
+    assert fit.r2 == pytest.approx(r2, rel=1e-9)
+    assert fit.cost_stderr_bytes == pytest.approx(math.sqrt(s2 * cov[0][0]), rel=1e-6)
+    assert fit.base_stderr_bytes == pytest.approx(math.sqrt(s2 * cov[1][1]), rel=1e-6)
+    # the figures stored in calibration/physics.yaml for this sweep
+    assert round(fit.base_bytes, 1) == pytest.approx(68_720_469.3, abs=0.1)
+    assert round(fit.cost_per_token_bytes, 3) == pytest.approx(4243.022, abs=1e-3)
+
+
+def test_repeated_contexts_are_all_used() -> None:
+    # two starts at 1024: the fit goes through their mean
+    fit = fit_linear([(0, 0.0), (1024, 1000.0), (1024, 1048.0), (2048, 2048.0)])
+    x = np.array([0, 1024, 1024, 2048], dtype=float)
+    y = np.array([0.0, 1000.0, 1048.0, 2048.0])
+    slope, intercept = np.polyfit(x, y, 1)
+    assert fit.n_points == 4
+    assert fit.cost_per_token_bytes == pytest.approx(slope)
+    assert fit.base_bytes == pytest.approx(intercept, abs=1e-6)
+
+
+def test_flat_memory_has_zero_slope() -> None:
+    fit = fit_linear([(512, 5e9), (1024, 5e9), (2048, 5e9)])
+    assert fit.cost_per_token_bytes == 0.0
+    assert fit.base_bytes == 5e9
+    assert fit.r2 is not None and not math.isnan(fit.r2)
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        [],
+        [(512, 1.0)],
+        [(512, 1.0), (1024, 2.0)],  # two points, three needed
+        [(512, 1.0), (512, 1.1), (512, 0.9)],  # three points, one context
+        [(512, 1.0)] * 5,
+    ],
+)
+def test_not_enough_points(points: list[tuple[int, float]]) -> None:
+    with pytest.raises(NotEnoughPoints, match="need at least 3"):
+        fit_linear(points)
+
+
+def test_not_enough_points_is_a_value_error() -> None:
+    assert issubclass(NotEnoughPoints, ValueError)
+
+
+def test_min_points_is_honoured() -> None:
+    pts = [(512, 1.0), (1024, 2.0), (2048, 4.0)]
+    with pytest.raises(NotEnoughPoints, match="3 good point"):
+        fit_linear(pts, min_points=4)
+    assert fit_linear(pts[:2], min_points=2).cost_per_token_bytes == pytest.approx(1 / 512)
+
+
+def test_components_dict() -> None:
+    assert components_dict(None) == {}
+    mem = MemoryComponents(
+        source="vllm-log",
+        kv_pool_bytes=2 * 2**30,
+        kv_tokens=65_536,
+        calibration="engine-kv",
+        extra={"gpu_memory_utilization": 0.5},
+    )
+    d = components_dict(mem)
+    assert d["source"] == "vllm-log"
+    assert d["kv_pool_bytes"] == 2_147_483_648
+    assert d["kv_tokens"] == 65_536
+    assert d["calibration"] == "engine-kv"
+    assert d["device_resident"] is True
+    assert d["weights_bytes"] is None
+    assert d["gpu_memory_utilization"] == 0.5
+    assert mem.kv_bytes_per_token == 32_768.0  # 2 GiB / 64 Ki tokens
