@@ -408,11 +408,6 @@ def test_empty_journal() -> None:
     assert out.status_counts() == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vLLM calibrates with 2 starts (engine-kv); runner.py records NO_FIT because "
-    "2 < sweep.min_points, and build_outcome keeps NO_FIT while it writes the entry",
-)
 def test_engine_kv_with_two_starts_is_not_no_fit() -> None:
     m = "vl_Qwen/Qwen2.5-0.5B"
     comp = {

@@ -352,11 +352,6 @@ def test_an_empty_outcome_still_writes_every_sheet(tmp_path: Path) -> None:
     assert wb["Calibration"].max_row == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: report.py pads MISSING/FAILED Benchmarks rows with 16 Nones instead of 15, so "
-    "the status lands in column 20 (past 'Status') and the row is never coloured",
-)
 def test_missing_and_failed_rows_in_benchmarks(workbook: Workbook) -> None:
     ws = workbook["Benchmarks"]
     assert ws.max_column == len(BENCH_COLUMNS)

@@ -130,13 +130,15 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
         device = mpoints[0].device if mpoints else None
         theory = info.theory if info else None
         bench = benches.get(model)
-        fits, why_not = _fits(mpoints, min_points)
+        fits, why_not = fits_for(mpoints, min_points)
         fit = fits[0][1] if fits else None
         probe = fits[0][0] if fits else (mpoints[0].probe if mpoints else None)
         if mpoints and not fits:
             if status == "OK":
                 status = "NO_FIT"
             reason = f"no fit: {why_not}"
+        elif fits and status == "NO_FIT":  # the fit is decided here, from the points themselves
+            status, reason = "OK", f"{len(mpoints)} points"
         for fit_probe, f in fits:
             assert device is not None
             starts = len(mpoints) + (
@@ -230,7 +232,7 @@ def engine_kv_fit(points: list[CalibrationPoint]) -> Fit:
     )
 
 
-def _fits(points: list[CalibrationPoint], min_points: int) -> tuple[list[tuple[str, Fit]], str]:
+def fits_for(points: list[CalibrationPoint], min_points: int) -> tuple[list[tuple[str, Fit]], str]:
     """Every fit the points allow, the primary one first, and why there is none when none.
 
     - engine-kv (the engine's own KV figures; probe named by their source) when every point has them;

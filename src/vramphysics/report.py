@@ -376,7 +376,8 @@ def write_report(path: Path, outcome: Outcome, extra: Sequence[ExtraSheet] = ())
     benched = {b.model for b in outcome.benches}
     for m in outcome.models:
         if m.model not in benched and m.status in ("FAILED", "MISSING"):
-            bench_rows.append((m.model, m.engine, *([None] * 16), m.engine_version, m.status))
+            blanks = [None] * (len(BENCH_COLUMNS) - 4)
+            bench_rows.append((m.model, m.engine, *blanks, m.engine_version, m.status))
     ws = _sheet(wb, "Benchmarks", BENCH_COLUMNS, bench_rows)
     _fill_status(ws, len(BENCH_COLUMNS))
 

@@ -37,7 +37,7 @@ from vramphysics.engines.base import Engine
 from vramphysics.engines.process import kill_leftovers
 from vramphysics.errors import ConfigError, EngineError, Interrupted
 from vramphysics.journal import Journal, journal_path, latest_run_id, read_journal
-from vramphysics.outcome import Outcome, build_outcome
+from vramphysics.outcome import Outcome, build_outcome, fits_for
 from vramphysics.probes import NvmlStatus, Probe, choose_probe, nvml_status
 from vramphysics.records import (
     BenchResult,
@@ -269,27 +269,15 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
             if calibrating:
                 run.progress.update(1)
     points = [r for r in run.done if isinstance(r, CalibrationPoint) and r.model == spec.raw]
+    fits, why_not = fits_for(points, run.cfg.sweep.min_points)
     if not points:
-        run.record(
-            StatusRow(
-                model=spec.raw,
-                engine=engine.name,
-                status="FAILED",
-                reason="no context could be measured",
-            )
-        )
-    elif len(points) < run.cfg.sweep.min_points:
-        run.record(
-            StatusRow(
-                model=spec.raw,
-                engine=engine.name,
-                status="NO_FIT",
-                reason=f"{len(points)} good point(s); a fit needs {run.cfg.sweep.min_points}",
-            )
-        )
+        status, reason = "FAILED", "no context could be measured"
+    elif not fits:
+        status, reason = "NO_FIT", f"no fit: {why_not}"
     else:
+        status = "OK"
         reason = f"{len(points)} points" + (f", {n_failed} step(s) failed" if n_failed else "")
-        run.record(StatusRow(model=spec.raw, engine=engine.name, status="OK", reason=reason))
+    run.record(StatusRow(model=spec.raw, engine=engine.name, status=status, reason=reason))
 
 
 def _one_start(
