@@ -132,3 +132,11 @@ def test_line_of_non_string_keys(tmp_path: Path) -> None:
     assert doc.line_of(True, 0) == 5
     assert doc.line_of(1.5) == 6
     assert doc.line_of("7") == 7
+
+
+def test_a_duplicate_key_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "setups.yaml"
+    path.write_text("demo:\n  - llamacpp:a.gguf\nother: []\ndemo:\n  - llamacpp:b.gguf\n")
+    with pytest.raises(ConfigError) as err:
+        load_yaml(path, what="test setups")
+    assert err.value.line == 4 and "demo" in str(err.value) and str(path) in str(err.value)

@@ -35,13 +35,22 @@ def _key(node: yaml.ScalarNode) -> Any:
         return node.value
 
 
+class _Duplicate(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        self.key, self.line = key, line
+
+
 def _index(
     node: yaml.Node, prefix: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]
 ) -> None:
     out.setdefault(prefix, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
         for key_node, value_node in node.value:
             key = _key(key_node) if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            if key in seen:
+                raise _Duplicate(key, key_node.start_mark.line + 1)
+            seen.add(key)
             path = prefix + (key,)
             out[path] = key_node.start_mark.line + 1
             _index(value_node, path, out)
@@ -68,5 +77,12 @@ def load_yaml(path: Path, *, what: str) -> Located:
         raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from exc
     lines: dict[tuple[str | int, ...], int] = {}
     if node is not None:
-        _index(node, (), lines)
+        try:
+            _index(node, (), lines)
+        except _Duplicate as dup:
+            raise ConfigError(
+                f"key {dup.key!r} appears twice (the second would silently replace the first)",
+                path=path,
+                line=dup.line,
+            ) from None
     return Located(path, data, lines)
