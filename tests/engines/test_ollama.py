@@ -799,3 +799,24 @@ def test_runner_reports_missing_without_download_then_calibrates_with_it(
     assert ps.cost_per_token_bytes >= KV_F16  # KV cache plus the compute buffer that grows with it
     assert ps.r2 is not None and ps.r2 > 0.99
     assert ps.settings["num_parallel"] == 1 and ps.settings["kv_cache_type"] == "f16"
+
+
+@pytest.mark.slow
+def test_status_lists_loaded_models_and_detach_keeps_them_loaded(
+    tmp_path: Path, double: Double
+) -> None:
+    double.pull("tiny")
+    with make_engine(tmp_path, double.port) as engine:
+        with make_engine(tmp_path / "other", _free_port()) as other:
+            down = other.status()
+        assert down.up is False and down.models == ()
+        engine.start(spec("ol_tiny"), 1024)
+        engine.wait_ready()
+        st = engine.status()
+        assert st.up and st.version and st.version.startswith("ollama ")
+        (model,) = st.models
+        assert model.name == "tiny:latest" and model.ctx == 1024
+        assert model.size_bytes and model.size_bytes > 0 and model.vram_bytes == 0
+        engine.detach()  # a loadout: leave it loaded
+    (still,) = double.get("/api/ps")["models"]
+    assert still["name"] == "tiny:latest" and still["context_length"] == 1024

@@ -28,7 +28,15 @@ import psutil
 from tqdm import tqdm
 
 from vramphysics.config import OllamaConfig
-from vramphysics.engines.base import Availability, Completion, Engine, MemoryComponents, Usage
+from vramphysics.engines.base import (
+    Availability,
+    Completion,
+    Engine,
+    EngineStatus,
+    MemoryComponents,
+    ResidentModel,
+    Usage,
+)
 from vramphysics.engines.llamacpp_log import is_host_device, parse_buffers
 from vramphysics.engines.process import ManagedProcess
 from vramphysics.errors import EngineError
@@ -750,6 +758,57 @@ class OllamaEngine(Engine):
                 log.info("stopping the Ollama server we started (pid %d)", server.pid)
                 server.stop(self.cfg.stop_timeout_s)
             self._client.close()
+
+    # -- services (manage_loadout.py) ----------------------------------------------------------
+    serves_many_models = True
+
+    def status(self) -> EngineStatus:
+        """Up or down at the configured address (never starts a server); /api/ps models."""
+        url = self.base_url
+        try:
+            version = self._probe_version()
+        except EngineError as exc:
+            return EngineStatus(self.name, False, url, detail=exc.message)
+        if version is None:
+            return EngineStatus(self.name, False, url, detail="no answer")
+        try:
+            loaded = self._ps(model_id=None)
+        except EngineError as exc:
+            return EngineStatus(
+                self.name, True, url, version=f"ollama {version}", detail=exc.message
+            )
+        models = tuple(
+            ResidentModel(
+                name=str(m.get("name") or m.get("model") or "?"),
+                size_bytes=_int_or_none(m.get("size")),
+                vram_bytes=_int_or_none(m.get("size_vram")),
+                ctx=_int_or_none(m.get("context_length")),
+            )
+            for m in loaded
+        )
+        return EngineStatus(self.name, True, url, version=f"ollama {version}", models=models)
+
+    def detach(self) -> None:
+        """Leave the loaded model (and a server we started) running for a loadout."""
+        loader, self._loader = self._loader, None
+        if loader is not None and loader.is_alive():
+            loader.join(timeout=self.cfg.start_timeout_s)
+        spec, ctx = self._spec, self._ctx
+        self._spec, self._ctx = None, None
+        if spec is not None and ctx is not None:
+            # keep it loaded until told otherwise (same num_ctx, so Ollama does not reload it)
+            r = self._client.post(
+                f"{self.base_url}/api/generate",
+                json={"model": spec.name, "keep_alive": -1, "options": {"num_ctx": ctx}},
+                timeout=self.cfg.request_timeout_s,
+            )
+            if r.status_code != 200:
+                raise EngineError(
+                    "request_failed", f"keep_alive -1: HTTP {r.status_code}", model_id=spec.raw
+                )
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.detach()
 
     # -- helpers -----------------------------------------------------------------------------------
     def _require_started(self) -> tuple[ModelSpec, int]:
