@@ -425,3 +425,20 @@ def test_engine_kv_with_two_starts_is_not_no_fit() -> None:
     out = build_outcome(records, min_points=3)
     assert len(out.entries) == 1  # the physics is written...
     assert out.models[0].status != "NO_FIT"  # ...so the report must not say there is no fit
+
+
+def test_a_point_spilled_to_the_cpu_gives_a_warning_beside_the_model() -> None:
+    comp = {
+        "source": "ollama-ps",
+        "total_bytes": 6 * GIB,
+        "size_vram": 4 * GIB,
+        "spilled_to_cpu": True,
+    }
+    records: list[Record] = [
+        point(512, 5 * GIB, model="ol_big:latest", engine="ollama", probe="nvml", components=comp),
+        status("ol_big:latest", "OK", "1 point", engine="ollama"),
+    ]
+    (row,) = build_outcome(records, min_points=3).models
+    (warning,) = row.warnings
+    assert warning.ctx == 512
+    assert warning.message == "spilled to the CPU at ctx 512 (4.00 of 6.00 GiB on the GPU)"

@@ -182,7 +182,7 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
                 engine_version=info.engine_version if info else None,
                 engine_kv_bytes_per_token=_engine_kv_per_token(mpoints),
                 failures=tuple(f for f in failures if f.model == model),
-                warnings=tuple(w for w in warnings if w.model == model),
+                warnings=tuple(w for w in warnings if w.model == model) + _spill_warnings(mpoints),
                 other_fits=tuple(fits[1:]),
             )
         )
@@ -268,3 +268,27 @@ def fits_for(points: list[CalibrationPoint], min_points: int) -> tuple[list[tupl
         except NotEnoughPoints as exc:
             why = why or str(exc)
     return out, why
+
+
+def _spill_warnings(points: list[CalibrationPoint]) -> tuple[Warning_, ...]:
+    """A model whose engine reports less memory on the GPU than in all (Ollama's size_vram <
+    size) has spilled layers to the CPU: the report must say so beside its figures."""
+    out = []
+    for p in points:
+        comp = p.engine_components
+        if comp.get("spilled_to_cpu"):
+            vram, total = comp.get("size_vram"), comp.get("total_bytes")
+            detail = (
+                f" ({vram / 2**30:.2f} of {total / 2**30:.2f} GiB on the GPU)"
+                if vram is not None and total
+                else ""
+            )
+            out.append(
+                Warning_(
+                    model=p.model,
+                    engine=p.engine,
+                    ctx=p.ctx,
+                    message=f"spilled to the CPU at ctx {p.ctx}{detail}",
+                )
+            )
+    return tuple(out)

@@ -213,7 +213,7 @@ def _model_step(run: _Run, setup: str, spec: ModelSpec) -> None:
     if avail.present:
         try:
             theory_obj = engine.theory(spec)
-        except (ConfigError, OSError, ValueError, KeyError) as exc:
+        except (ConfigError, EngineError, OSError, ValueError, KeyError) as exc:
             log.warning("%s: no theory: %s", spec.raw, exc)
     theory = theory_obj.to_dict() if theory_obj is not None else None
     if not any(isinstance(r, ModelInfo) and r.model == spec.raw for r in run.done):
