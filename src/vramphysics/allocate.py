@@ -548,8 +548,8 @@ def plan_sheet_rows(
     rows = []
     for e in picked:
         total = device_totals.get(e.device, e.device_total_bytes)
-        if not total:
-            continue
+        if not total or e.cost_per_token_bytes <= 0:
+            continue  # no device size, or an entry that is not physics (written by hand?)
         utils: list[tuple[int, float | None]] = []
         for c in contexts:
             req = required_bytes(e.base_bytes, e.cost_per_token_bytes, c)

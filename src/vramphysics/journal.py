@@ -31,7 +31,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        _drop_torn_tail(self._fd, path)
 
     def append(self, record: Record) -> None:
         d = record.to_json()
@@ -45,6 +46,22 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _drop_torn_tail(fd: int, path: Path) -> None:
+    """A runner killed mid-write leaves a last line without its newline: cut it off, so that
+    the next record starts on a line of its own (`read_journal` already ignores such a line)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+    if tail.endswith(b"\n"):
+        return
+    cut = tail.rfind(b"\n")
+    keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+    log.warning("%s: dropping a torn last line (%d bytes)", path, size - keep)
+    os.ftruncate(fd, keep)
+    os.fsync(fd)
 
 
 def read_journal(path: Path) -> list[Record]:

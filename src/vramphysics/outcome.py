@@ -251,23 +251,33 @@ def fits_for(points: list[CalibrationPoint], min_points: int) -> tuple[list[tupl
         out.append((str(comps[0].get("source") or "engine"), engine_kv_fit(points)))
     else:
         try:
-            out.append(
-                (
-                    points[0].probe,
-                    fit_linear([(p.ctx, p.measured_bytes) for p in points], min_points=min_points),
-                )
-            )
+            fit = fit_linear([(p.ctx, p.measured_bytes) for p in points], min_points=min_points)
+            if fit.cost_per_token_bytes > 0:
+                out.append((points[0].probe, fit))
+            else:
+                why = _flat(fit)
         except NotEnoughPoints as exc:
             why = str(exc)
     if all(c.get("total_bytes") for c in comps):
         try:
             totals = [(p.ctx, float(p.engine_components["total_bytes"])) for p in points]
-            out.append(
-                (str(comps[0].get("source") or "engine"), fit_linear(totals, min_points=min_points))
-            )
+            fit = fit_linear(totals, min_points=min_points)
+            if fit.cost_per_token_bytes > 0:
+                out.append((str(comps[0].get("source") or "engine"), fit))
+            else:
+                why = why or _flat(fit)
         except NotEnoughPoints as exc:
             why = why or str(exc)
     return out, why
+
+
+def _flat(fit: Fit) -> str:
+    """Memory that does not grow with the context is not physics: say so, write nothing."""
+    r2 = f", r2 {fit.r2:.3f}" if fit.r2 is not None else ""
+    return (
+        f"memory did not grow with the context (slope {fit.cost_per_token_bytes:.1f} B/token{r2}): "
+        "the probe did not see the KV cache, or the points are noise"
+    )
 
 
 def _spill_warnings(points: list[CalibrationPoint]) -> tuple[Warning_, ...]:

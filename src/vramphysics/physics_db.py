@@ -20,6 +20,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from vramphysics.errors import ConfigError
+from vramphysics.yamlio import yaml_problem
 
 SCHEMA_VERSION = 1
 DB_FILENAME = "physics.yaml"
@@ -89,13 +90,17 @@ def load(path: Path) -> list[PhysicsEntry]:
     """Read the database; a missing file is an empty database; a corrupt one is a ConfigError."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"corrupt physics database: not UTF-8 text (byte {exc.start})", path=path, line=bad_line
+        ) from exc
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem, line = yaml_problem(exc, text)
         raise ConfigError(f"corrupt physics database: {problem}", path=path, line=line) from exc
     if doc is None:
         return []

@@ -87,6 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class _SignalState:
     signum: int | None = None
     skip_report: bool = False
+    finishing: bool = False  # writing the report: a signal is noted, not raised
 
 
 @contextmanager
@@ -96,6 +97,10 @@ def _signals_raise() -> Iterator[_SignalState]:
     state = _SignalState()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
+        if state.finishing:
+            state.signum = state.signum or signum
+            log.warning("signal %d: finishing the report first (a second or so)", signum)
+            return
         if state.signum is None:
             state.signum = signum
             raise Interrupted(signum)
@@ -365,9 +370,13 @@ def _guardrail(run: _Run, engine: Engine, spec: ModelSpec, ctx: int, theory: The
     except ConfigError as exc:
         log.debug("%s: no prediction for the guardrail: %s", spec.raw, exc)
         return True
-    plan = plan_ollama(
-        physics, total_bytes=total, ctx=ctx, used_by_others_bytes=total - free, margin=0
-    )
+    try:
+        plan = plan_ollama(
+            physics, total_bytes=total, ctx=ctx, used_by_others_bytes=total - free, margin=0
+        )
+    except (ConfigError, ValueError) as exc:  # e.g. an entry whose cost per token is not > 0
+        log.warning("%s: guardrail skipped: %s", spec.raw, exc)
+        return True
     if plan.fits:
         return True
     skip = run.cfg.guardrail.skip_if_no_fit
@@ -423,13 +432,30 @@ def finalize(cfg: Config, run_id: str, records: list[Record]) -> tuple[Outcome, 
     return outcome, report
 
 
+def _close(engine: Engine) -> None:
+    """Close an engine even when a signal cuts into its stop: the first signal raises
+    Interrupted once (the handler raises only the first); the second attempt completes."""
+    for _attempt in range(2):
+        try:
+            engine.close()
+            return
+        except Interrupted:
+            log.warning("signal during the stop of %s: stopping it again", engine.name)
+    engine.close()
+
+
 def _new_run_id(report_dir: Path) -> str:
+    """A fresh run ID; its journal is created here, exclusively, so two runners started in the
+    same second never share one."""
     base = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_id, n = base, 1
-    while journal_path(report_dir, run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
+    while True:
+        try:
+            os.close(os.open(journal_path(report_dir, run_id), os.O_CREAT | os.O_EXCL, 0o644))
+            return run_id
+        except FileExistsError:
+            n += 1
+            run_id = f"{base}-{n}"
 
 
 def _header(
@@ -549,23 +575,22 @@ def run_from_args(args: argparse.Namespace) -> int:
             for setup, spec in chosen:
                 _model_step(run, setup, spec)
         except Interrupted as exc:
-            exit_code = 128 + exc.signum
             log.warning("interrupted by signal %d: stopping engines", exc.signum)
         finally:
             for engine in run.engines.values():
-                try:
-                    engine.close()
-                except Interrupted:
-                    sig.skip_report = True
+                _close(engine)
             journal.close()
-        if exit_code and sig.skip_report:
+        exit_code = 128 + sig.signum if sig.signum else 0
+        if sig.skip_report:
             print(
                 "second signal: report skipped; journal kept at " + str(journal.path),
                 file=sys.stderr,
             )
             return exit_code
-    records = read_journal(journal.path)
-    outcome, report = finalize(cfg, run_id, records)
+        sig.finishing = True
+        records = read_journal(journal.path)
+        outcome, report = finalize(cfg, run_id, records)
+    exit_code = 128 + sig.signum if sig.signum else 0
     counts = outcome.status_counts()
     print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(f"physics database: {physics_db.db_path(cfg.paths.calibration_dir)}")

@@ -35,6 +35,18 @@ def _key(node: yaml.ScalarNode) -> Any:
         return node.value
 
 
+def yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, int | None]:
+    """One line saying what is wrong, and the 1-based line where (marked errors and reader
+    errors, e.g. a NUL byte, both give a position)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        return str(getattr(exc, "problem", None) or exc).splitlines()[0], mark.line + 1
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text[: exc.position].count("\n") + 1
+        return f"special character {exc.character!r} is not allowed", line
+    return str(exc).splitlines()[0], None
+
+
 class _Duplicate(Exception):
     def __init__(self, key: Any, line: int) -> None:
         self.key, self.line = key, line
@@ -65,15 +77,18 @@ def load_yaml(path: Path, *, what: str) -> Located:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{what} file not found", path=path) from exc
+    except UnicodeDecodeError as exc:
+        bad_line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{what} file is not UTF-8 text (byte {exc.start})", path=path, line=bad_line
+        ) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file: {exc.strerror}", path=path) from exc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem, line = yaml_problem(exc, text)
         raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from exc
     lines: dict[tuple[str | int, ...], int] = {}
     if node is not None:

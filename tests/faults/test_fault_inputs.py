@@ -59,21 +59,11 @@ CORRUPT = [
         lambda t: b"\0" * 4096,
         None,
         id="nul-filled",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: a NUL-filled physics.yaml (what a crash leaves on some file systems) "
-            "gives a two-line message without a position (physics_db.load)",
-        ),
     ),
     pytest.param(
         lambda t: b"schema_version: 1\nentries:\n- engine: llama\xe7pp\n",
         None,
         id="not-utf8",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: a physics.yaml that is not UTF-8 escapes as UnicodeDecodeError, not a "
-            "ConfigError naming the file (physics_db.load)",
-        ),
     ),
 ]
 
@@ -173,12 +163,6 @@ def test_model_name_escaping_the_model_folder_is_refused(
     figures.update(journal_rows=len(records))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: one database entry with a cost per token <= 0 (a noisy 3-point fit wrote one "
-    "with two runners at once) makes every later run end in 'internal error' (exit 3) without "
-    "a report: allocate.max_context raises inside plan_sheet_rows (runner.finalize)",
-)
 def test_database_entry_with_negative_cost_does_not_sink_the_report(
     ws: Workspace, figures: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -108,11 +108,6 @@ def test_runner_sigkill_then_resume_completes_and_stops_only_our_orphan(
     figures.update(ws.invariants(), exit=result.returncode, bystanders_alive=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: --resume appends after a torn last journal line, so the torn fragment and the "
-    "next record share one line and the journal can no longer be read (journal.Journal)",
-)
 def test_resume_after_a_torn_journal_line_completes(ws: Workspace, figures: dict[str, Any]) -> None:
     ws.configure(sweep={"contexts": [512, 1024, 2048]})
     _kill_runner_after_first_point(ws, wait_ctx=None)
@@ -192,12 +187,6 @@ def test_second_signal_during_cleanup_still_stops_the_engine(
     ws.invariants(complete=False)  # the rebuilt report holds every journal row
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a signal that lands while an engine is being stopped abandons its tree: "
-    "LlamaCppEngine.stop forgets the process before ManagedProcess.stop finishes, and that "
-    "stop deletes the process record even when the tree is still running",
-)
 def test_sigterm_while_an_engine_is_stopping_leaves_no_process(
     ws: Workspace, figures: dict[str, Any]
 ) -> None:

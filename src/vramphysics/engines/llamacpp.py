@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_OOM_MARKERS = ("out of memory", "failed to allocate", "cudaMalloc failed", "unable to allocate")
+_OOM_MARKERS = ("out of memory", "failed to allocate", "cudamalloc failed", "unable to allocate")
 
 
 def resolve_model_path(name: str, model_dir: Path) -> Path:
@@ -180,7 +180,13 @@ class LlamaCppEngine(Engine):
 
     def _exit_error(self, proc: ManagedProcess) -> EngineError:
         tail = proc.log_tail()
-        kind = "cuda_oom" if any(m in tail.lower() for m in _OOM_MARKERS) else "start_failed"
+        code = proc.returncode
+        if any(m in tail.lower() for m in _OOM_MARKERS):
+            kind = "cuda_oom"
+        elif code is not None and code < 0:
+            kind = "engine_crashed"  # killed by a signal (the OOM killer, a user) while starting
+        else:
+            kind = "start_failed"
         return EngineError(
             kind,
             f"exited with code {proc.returncode} before it was ready",
@@ -286,8 +292,10 @@ class LlamaCppEngine(Engine):
 
     def stop(self) -> None:
         if self._proc is not None:
-            proc, self._proc = self._proc, None
-            proc.stop(self.cfg.stop_timeout_s)
+            # forget it only once it is stopped: a signal during the stop leaves it here, and the
+            # runner's clean-up (close) stops it again
+            self._proc.stop(self.cfg.stop_timeout_s)
+            self._proc = None
 
     def close(self) -> None:
         self.stop()

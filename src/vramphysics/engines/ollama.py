@@ -752,11 +752,11 @@ class OllamaEngine(Engine):
         try:
             self.stop()
         finally:
+            if self._server is not None:  # forgotten only once stopped (a signal may cut in)
+                log.info("stopping the Ollama server we started (pid %d)", self._server.pid)
+                self._server.stop(self.cfg.stop_timeout_s)
+                self._server = None
             self._closed = True
-            if self._server is not None:
-                server, self._server = self._server, None
-                log.info("stopping the Ollama server we started (pid %d)", server.pid)
-                server.stop(self.cfg.stop_timeout_s)
             self._client.close()
 
     # -- services (manage_loadout.py) ----------------------------------------------------------

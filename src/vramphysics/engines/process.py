@@ -134,8 +134,9 @@ class ManagedProcess:
                 self._popen.wait(timeout=5)
         finally:
             self._log_file.close()
-            if self._record_path is not None:
-                self._record_path.unlink(missing_ok=True)
+        # only once the tree is gone: an interrupted stop keeps the record for a later clean-up
+        if self._record_path is not None:
+            self._record_path.unlink(missing_ok=True)
 
 
 def read_tail(path: Path, n_lines: int = 40, max_bytes: int = 64_000) -> str:
