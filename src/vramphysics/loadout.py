@@ -154,7 +154,7 @@ def plan_loadout(cfg: Config, preset: str) -> tuple[list[LoadoutItem], int | Non
         except SetupError as exc:
             raise ConfigError(exc.message, path=cfg.source, key=f"loadouts.{preset}[{i}]") from exc
         ctx = spec.ctx if spec.ctx is not None else max(cfg.sweep.contexts)
-        key = f"{spec.prefix}{spec.name}"
+        key = spec.key
         try:
             phys = resolve_physics(entries, spec.engine, key, device)
             items.append(

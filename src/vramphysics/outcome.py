@@ -26,8 +26,7 @@ from vramphysics.setups import parse_model_id
 
 
 def model_key(model_id: str) -> str:
-    spec = parse_model_id(model_id)
-    return f"{spec.prefix}{spec.name}"
+    return parse_model_id(model_id).key
 
 
 @dataclass(frozen=True)

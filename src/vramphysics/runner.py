@@ -366,7 +366,7 @@ def _guardrail(run: _Run, engine: Engine, spec: ModelSpec, ctx: int, theory: The
     device, total, free = memory
     entries = physics_db.load(physics_db.db_path(run.cfg.paths.calibration_dir))
     try:
-        physics = resolve_physics(entries, engine.name, engine.model_key(spec), device, theory)
+        physics = resolve_physics(entries, engine.name, spec.key, device, theory)
     except ConfigError as exc:
         log.debug("%s: no prediction for the guardrail: %s", spec.raw, exc)
         return True

@@ -60,6 +60,11 @@ class ModelSpec:
         return f"{self.prefix}{self.name}{''.join(flags)}"
 
     @property
+    def key(self) -> str:
+        """The model as the physics database names it: the ID without its runtime flags."""
+        return f"{self.prefix}{self.name}"
+
+    @property
     def limit_mm_per_prompt(self) -> dict[str, int]:
         """vLLM's `--limit-mm-per-prompt` from #img_lim / #vid_lim (empty when neither is set)."""
         out = {}

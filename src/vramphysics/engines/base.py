@@ -144,16 +144,16 @@ class Engine(abc.ABC):
         """Theory from the model's own metadata, when the engine can read it."""
         return None
 
-    def model_key(self, spec: ModelSpec) -> str:
-        """The model name stored in the physics database (the ID without runtime flags)."""
-        return f"{spec.prefix}{spec.name}"
-
     def calibration_contexts(self, sweep: Sequence[int]) -> list[int]:
         """The contexts to start at for a calibration (default: the whole sweep).
 
         An engine whose own figures give the cost per token (vLLM) needs fewer starts.
         """
         return list(sweep)
+
+    def model_key(self, spec: ModelSpec) -> str:
+        """The model name stored in the physics database (the ID without runtime flags)."""
+        return spec.key
 
     def settings(self) -> dict[str, Any]:
         """Launch settings that a reader needs to reproduce a figure."""
