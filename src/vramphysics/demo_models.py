@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 _WORDS = (
     "the",
@@ -165,8 +169,17 @@ class TinyHfShape:
 _SPECIALS = ("<unk>", "<s>", "</s>")
 # Words of the chat template and of the benchmark prompt, so that they are single tokens.
 _HF_WORDS = (
-    "user", "assistant", "system", "Hello", "Explain", "two", "sentences", "why", "KV",
-    "grows", "length",
+    "user",
+    "assistant",
+    "system",
+    "Hello",
+    "Explain",
+    "two",
+    "sentences",
+    "why",
+    "KV",
+    "grows",
+    "length",
 )
 _CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -175,7 +188,7 @@ _CHAT_TEMPLATE = (
 )
 
 
-def _tiny_tokenizer(vocab_size: int) -> object:
+def _tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level WordLevel tokenizer: specials, the 256 byte symbols, then whole words.
 
     Every byte has its own token, so any text encodes (an unknown word becomes `<unk>`, since
@@ -233,15 +246,14 @@ def write_tiny_hf(folder: Path, shape: TinyHfShape | None = None, *, seed: int =
         eos_token_id=2,
         pad_token_id=None,
         tie_word_embeddings=False,
-        torch_dtype="bfloat16",
     )
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model = LlamaForCausalLM(config).bfloat16()  # save_pretrained records dtype bfloat16
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    _tiny_tokenizer(shape.vocab_size).save_pretrained(tmp)  # type: ignore[attr-defined]
+    _tiny_tokenizer(shape.vocab_size).save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
