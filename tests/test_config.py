@@ -228,10 +228,6 @@ def test_the_repos_own_config_loads() -> None:
         assert engine.host == "127.0.0.1"  # loopback unless said otherwise
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pydantic lax mode turns `port: true` into port 1 instead of a type error",
-)
 def test_boolean_port_is_a_type_error(tmp_path: Path) -> None:
     path = _write(tmp_path, "engines:\n  llamacpp:\n    port: true\n")
     with pytest.raises(ConfigError) as info:
@@ -239,10 +235,6 @@ def test_boolean_port_is_a_type_error(tmp_path: Path) -> None:
     assert info.value.key == "engines.llamacpp.port"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the internal field `source` is accepted as a config key (not reported as unknown)",
-)
 def test_source_is_not_a_config_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "source: /etc/passwd\n")
     with pytest.raises(ConfigError) as info:
@@ -250,11 +242,6 @@ def test_source_is_not_a_config_key(tmp_path: Path) -> None:
     assert info.value.key == "source"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a bad union value names pydantic's union member in the key "
-    "(engines.vllm.gpus.literal['all'])",
-)
 def test_bad_gpus_names_the_plain_key(tmp_path: Path) -> None:
     path = _write(tmp_path, "engines:\n  vllm:\n    gpus: [a]\n")
     with pytest.raises(ConfigError) as info:

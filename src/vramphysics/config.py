@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -20,6 +22,17 @@ from vramphysics.yamlio import load_yaml
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`port: true` is a mistake, not port 1 (YAML booleans would pass as numbers)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(get_args(annotation)) | {annotation}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"expected a number, got {value!r}")
+        return value
 
 
 class EngineTimeouts(_Strict):
@@ -89,7 +102,6 @@ class OllamaConfig(EngineTimeouts):
     keep_alive: str = "5m"
     num_parallel: int | None = Field(None, ge=1)
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
-    skip_if_no_fit: bool = False
     pull_silence_timeout_s: float = Field(300.0, gt=0)
     unload_timeout_s: float = Field(60.0, gt=0)
     flash_attention: bool | None = Field(
@@ -173,7 +185,12 @@ class Config(_Strict):
     guardrail: GuardrailConfig = GuardrailConfig()
     paths: PathsConfig = PathsConfig()
     loadouts: dict[str, list[str]] = {}
-    source: Path | None = Field(None, exclude=True)
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was read from (None for the defaults)."""
+        return self._source
 
     def resolve(self, base: Path) -> Config:
         """Relative paths are relative to the config file's folder; `~` is expanded."""
@@ -212,7 +229,7 @@ def load_config(path: Path) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(err["loc"])
+        loc = _key_path(data, tuple(err["loc"]))
         key = ".".join(str(p) for p in loc)
         message = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -221,4 +238,27 @@ def load_config(path: Path) -> Config:
             message = f"{message} (got {err['input']!r})"
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise ConfigError(message + more, path=path, line=doc.line_of(*loc), key=key) from exc
-    return config.model_copy(update={"source": path}).resolve(path.resolve().parent)
+    resolved = config.resolve(path.resolve().parent)
+    resolved._source = path
+    return resolved
+
+
+def _key_path(data: Any, loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The part of pydantic's error location that names keys of the file (it appends union
+    member tags such as `literal['all']` or `list[int]` after them)."""
+    out: list[int | str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif out and not isinstance(node, dict | list):
+            break  # a tag after a scalar value
+        elif isinstance(node, dict) or not out:
+            out.append(part)  # e.g. an unknown key: name it
+            break
+        else:
+            break
+        out.append(part)
+    return tuple(out)
