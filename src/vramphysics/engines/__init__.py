@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from vramphysics import physics_db
 from vramphysics.config import Config
 from vramphysics.engines.base import Engine
 
@@ -29,4 +31,7 @@ def engine_class(name: str) -> type[Engine]:
 def create_engine(name: str, config: Config, *, state_dir: Path, log_dir: Path) -> Engine:
     """An engine with its section of the config (`engines.<name>`)."""
     factory: Callable[..., Engine] = engine_class(name)
-    return factory(getattr(config.engines, name), state_dir=state_dir, log_dir=log_dir)
+    extra: dict[str, Any] = {}
+    if name == "vllm":  # it sizes --gpu-memory-utilization from the physics database
+        extra["physics_path"] = physics_db.db_path(config.paths.calibration_dir)
+    return factory(getattr(config.engines, name), state_dir=state_dir, log_dir=log_dir, **extra)

@@ -151,10 +151,6 @@ class Engine(abc.ABC):
         """
         return list(sweep)
 
-    def model_key(self, spec: ModelSpec) -> str:
-        """The model name stored in the physics database (the ID without runtime flags)."""
-        return spec.key
-
     def settings(self) -> dict[str, Any]:
         """Launch settings that a reader needs to reproduce a figure."""
         return {}

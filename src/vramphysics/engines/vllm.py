@@ -438,7 +438,7 @@ class VllmEngine(Engine):
         return util, source
 
     def _physics_for(self, spec: ModelSpec, gpu: GpuInfo) -> tuple[tuple[float, float], str] | None:
-        key = self.model_key(spec)
+        key = spec.key
         if self.physics_path is not None and self.physics_path.is_file():
             from vramphysics import physics_db
             from vramphysics.allocate import select_physics
@@ -462,7 +462,7 @@ class VllmEngine(Engine):
         if mem.kv_pool_bytes is None:
             return
         base = self._utilization * gpu.total_bytes - mem.kv_pool_bytes
-        self._learned.setdefault(self.model_key(self._spec), (base, cost))
+        self._learned.setdefault(self._spec.key, (base, cost))
 
     # -- one start ---------------------------------------------------------------------------
     def start(self, spec: ModelSpec, ctx: int) -> None:
