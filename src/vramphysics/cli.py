@@ -350,9 +350,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         docker = allocate.docker_command(
             plan, args.model, hf_cache=hf_home, kv_cache_bytes=args.kv_cache_bytes
         )
+    supports: bool | None = None
+    if args.engine == "vllm":
+        from vramphysics.engines.vllm import installed_flag_support
+
+        version, supports = installed_flag_support()
+        plan = allocate.with_messages(
+            plan,
+            [
+                "no vLLM installed here: check `vllm serve --help` for --kv-cache-memory-bytes"
+                if version is None
+                else f"the installed vLLM {version} "
+                + ("accepts" if supports else "does not accept")
+                + " --kv-cache-memory-bytes"
+            ],
+        )
     if args.json:
         doc = plan.to_dict()
-        doc.update(command=command, docker_command=docker)
+        doc.update(command=command, docker_command=docker, kv_cache_memory_bytes_supported=supports)
         print(json.dumps(doc, indent=2))
         return 0
 

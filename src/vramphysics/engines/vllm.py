@@ -164,6 +164,20 @@ def _installed_version() -> str | None:
     return None
 
 
+def installed_flag_support(flag: str = "--kv-cache-memory-bytes") -> tuple[str | None, bool | None]:
+    """(installed vLLM version, whether its server takes `flag`), read from its argument
+    parser's source without importing vLLM (which takes seconds). (None, None): no vLLM here."""
+    version = _installed_version()
+    spec = importlib.util.find_spec("vllm")
+    if version is None or spec is None or not spec.submodule_search_locations:
+        return version, None
+    args_file = Path(next(iter(spec.submodule_search_locations))) / "engine" / "arg_utils.py"
+    try:
+        return version, f'"{flag}"' in args_file.read_text(encoding="utf-8")
+    except OSError:
+        return version, None
+
+
 def _secret_env() -> dict[str, str]:
     """The Hugging Face token for a container, from our environment (never logged)."""
     token = os.environ.get("HF_TOKEN")
