@@ -45,8 +45,8 @@ demo-vllm: install-vllm
 	$(PY) runner.py --config config.cpu-vllm.yaml --setup demo-vllm
 
 lint: install-dev
-	$(PY) -m ruff check src tests runner.py manage_loadout.py
-	$(PY) -m ruff format --check src tests runner.py manage_loadout.py
+	$(PY) -m ruff check src tests benchmarks runner.py manage_loadout.py
+	$(PY) -m ruff format --check src tests benchmarks runner.py manage_loadout.py
 
 typecheck: install-dev
 	$(PY) -m mypy

@@ -32,9 +32,9 @@ from pydantic import ValidationError
 from vramphysics.bench import throughput
 from vramphysics.config import OllamaConfig
 from vramphysics.demo_models import TinyModelShape, write_tiny_gguf
+from vramphysics.engines.llamacpp_log import components_from_log
 from vramphysics.engines.ollama import (
     OllamaEngine,
-    components_from_log,
     engine_timings,
     normalize_model_name,
 )
@@ -226,7 +226,7 @@ def test_engine_timings_divide_counts_by_nanosecond_durations() -> None:
 
 
 def test_gpu_log_breakdown_counts_only_vram_buffers() -> None:
-    mem = components_from_log((FIXTURES / "gpu_offload.log").read_text())
+    mem = components_from_log((FIXTURES / "gpu_offload.log").read_text(), "ollama-log")
     assert mem is not None
     mib = 2**20
     assert mem.weights_bytes == round(4403.49 * mib)  # CUDA0 only; CPU_Mapped is host memory
@@ -236,7 +236,7 @@ def test_gpu_log_breakdown_counts_only_vram_buffers() -> None:
     assert mem.compute_bytes == 560 * mib  # CUDA_Host compute is pinned host memory
     assert mem.device_resident
     assert mem.extra["host_buffers_bytes"]["weights"] == round(281.81 * mib)
-    assert components_from_log("no buffer lines here\n") is None
+    assert components_from_log("no buffer lines here\n", "ollama-log") is None
 
 
 def test_launch_environment_follows_the_config(tmp_path: Path) -> None:

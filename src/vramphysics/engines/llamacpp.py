@@ -25,7 +25,7 @@ from vramphysics.engines.base import (
     MemoryComponents,
     ResidentModel,
 )
-from vramphysics.engines.llamacpp_log import parse_buffers
+from vramphysics.engines.llamacpp_log import components_from_log
 from vramphysics.engines.openai_compat import stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail
 from vramphysics.errors import EngineError, SetupError
@@ -241,25 +241,8 @@ class LlamaCppEngine(Engine):
     def memory_report(self) -> MemoryComponents | None:
         if self._proc is None:
             return None
-        buffers = parse_buffers(
-            read_tail(self._proc.log_path, n_lines=100_000, max_bytes=4_000_000)
-        )
-        if not buffers.buffers:
-            return None
-        kv = buffers.kv_cache
-        vram = any(
-            not dev.upper().startswith("CPU") and not dev.upper().endswith("_HOST")
-            for dev in buffers.devices
-        )
-        return MemoryComponents(
-            source="llamacpp-log",
-            weights_bytes=buffers.total("weights"),
-            kv_pool_bytes=kv.size_bytes if kv else buffers.total("kv"),
-            kv_tokens=kv.cells if kv else None,
-            compute_bytes=buffers.total("compute"),
-            device_resident=vram,
-            extra={"kv_type": kv.k_type if kv else None, "devices": list(buffers.devices)},
-        )
+        text = read_tail(self._proc.log_path, n_lines=100_000, max_bytes=4_000_000)
+        return components_from_log(text, "llamacpp-log")
 
     def status(self) -> EngineStatus:
         url = self.base_url

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from vramphysics.engines.base import MemoryComponents
 
 _MIB = 2**20
 
@@ -99,3 +102,41 @@ def parse_buffers(text: str) -> LlamaBuffers:
                 v_type=k["vtype"],
             )
     return LlamaBuffers(buffers=buffers, kv_cache=kv)
+
+
+def components_from_log(text: str, source: str) -> MemoryComponents | None:
+    """The weights / KV / compute buffers of llama.cpp's lines in a log (its own, or Ollama's).
+
+    With a GPU in the log only its buffers count (CPU and *_Host buffers are system memory, listed
+    in `extra["host_buffers_bytes"]`); `kv_tokens` is given only when the whole cache is in VRAM,
+    so that `kv_pool_bytes / kv_tokens` stays a true cost per token. Without a GPU every buffer
+    counts and `device_resident` is False.
+    """
+    buffers = parse_buffers(text)
+    if not buffers.buffers:
+        return None
+    kv = buffers.kv_cache
+    on_gpu = any(not is_host_device(dev) for dev in buffers.devices)
+    extra: dict[str, Any] = {"kv_type": kv.k_type if kv else None, "devices": list(buffers.devices)}
+    if on_gpu:
+        host = buffers.by_component(vram=False)
+        extra["host_buffers_bytes"] = {k: v for k, v in host.items() if v}
+        all_kv_in_vram = buffers.total("kv", vram=False) == 0
+        return MemoryComponents(
+            source=source,
+            weights_bytes=buffers.total("weights", vram=True),
+            kv_pool_bytes=buffers.total("kv", vram=True),
+            kv_tokens=kv.cells if kv and all_kv_in_vram else None,
+            compute_bytes=buffers.total("compute", vram=True),
+            device_resident=True,
+            extra=extra,
+        )
+    return MemoryComponents(
+        source=source,
+        weights_bytes=buffers.total("weights"),
+        kv_pool_bytes=kv.size_bytes if kv else buffers.total("kv"),
+        kv_tokens=kv.cells if kv else None,
+        compute_bytes=buffers.total("compute"),
+        device_resident=False,
+        extra=extra,
+    )

@@ -37,7 +37,7 @@ from vramphysics.engines.base import (
     ResidentModel,
     Usage,
 )
-from vramphysics.engines.llamacpp_log import is_host_device, parse_buffers
+from vramphysics.engines.llamacpp_log import components_from_log
 from vramphysics.engines.process import ManagedProcess
 from vramphysics.errors import EngineError
 from vramphysics.setups import ModelSpec
@@ -701,7 +701,7 @@ class OllamaEngine(Engine):
         if self._server is None:
             return None
         return components_from_log(
-            _read_from(self._server.log_path, self._log_offset, _LOG_MAX_BYTES)
+            _read_from(self._server.log_path, self._log_offset, _LOG_MAX_BYTES), "ollama-log"
         )
 
     def log_tail(self, n_lines: int = 40) -> str:
@@ -865,44 +865,6 @@ class OllamaEngine(Engine):
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
-
-
-def components_from_log(text: str) -> MemoryComponents | None:
-    """The weights / KV / compute buffers of llama.cpp's lines in an Ollama server log.
-
-    With a GPU in the log only its buffers count (CPU and *_Host buffers are system memory, listed
-    in `extra["host_buffers_bytes"]`); `kv_tokens` is given only when the whole cache is in VRAM,
-    so that `kv_pool_bytes / kv_tokens` stays a true cost per token. Without a GPU every buffer
-    counts and `device_resident` is False.
-    """
-    buffers = parse_buffers(text)
-    if not buffers.buffers:
-        return None
-    kv = buffers.kv_cache
-    on_gpu = any(not is_host_device(dev) for dev in buffers.devices)
-    extra: dict[str, Any] = {"kv_type": kv.k_type if kv else None, "devices": list(buffers.devices)}
-    if on_gpu:
-        host = buffers.by_component(vram=False)
-        extra["host_buffers_bytes"] = {k: v for k, v in host.items() if v}
-        all_kv_in_vram = buffers.total("kv", vram=False) == 0
-        return MemoryComponents(
-            source="ollama-log",
-            weights_bytes=buffers.total("weights", vram=True),
-            kv_pool_bytes=buffers.total("kv", vram=True),
-            kv_tokens=kv.cells if kv and all_kv_in_vram else None,
-            compute_bytes=buffers.total("compute", vram=True),
-            device_resident=True,
-            extra=extra,
-        )
-    return MemoryComponents(
-        source="ollama-log",
-        weights_bytes=buffers.total("weights"),
-        kv_pool_bytes=kv.size_bytes if kv else buffers.total("kv"),
-        kv_tokens=kv.cells if kv else None,
-        compute_bytes=buffers.total("compute"),
-        device_resident=False,
-        extra=extra,
-    )
 
 
 def engine_timings(final: Mapping[str, Any]) -> dict[str, float]:
