@@ -161,16 +161,16 @@ def test_plan_vllm_inverse() -> None:
     assert plan.required_bytes == 72 * GIB
     assert plan.gpu_memory_utilization == 0.9
     assert plan.fits is True
-    # margin 0.05 (4 GiB of 80) comes out of the budget: (72 - 4 - 8) GiB / 128 KiB = 491520,
-    # and the forward plan for it asks for (8 + 60) / 80 + 0.05 = 0.9 again
+    # with margin 0.05 the budget still holds (72 - 8) GiB / 128 KiB = 524288 tokens: the
+    # budget is the model's memory, the margin goes on top: 72 / 80 + 0.05 = 0.95
     plan = plan_vllm(entry(), budget_bytes=72 * GIB, total_bytes=80 * GIB)
-    assert plan.max_context == 491_520
-    assert plan.gpu_memory_utilization == 0.9
+    assert plan.max_context == 524_288
+    assert plan.gpu_memory_utilization == 0.95
 
 
 def test_plan_vllm_inverse_budget_below_base() -> None:
-    plan = plan_vllm(entry(), budget_bytes=10 * GIB, total_bytes=80 * GIB)
-    # 10 - 4 (margin) = 6 GiB < 8 GiB base
+    plan = plan_vllm(entry(), budget_bytes=7 * GIB, total_bytes=80 * GIB)
+    # 7 GiB < 8 GiB base
     assert plan.fits is False and plan.max_context == 0 and plan.ctx is None
     with pytest.raises(ValueError, match="refused"):
         vllm_command(plan, "m")

@@ -263,3 +263,49 @@ def test_plan_ollama_guardrail(physics: Path, capsys: pytest.CaptureFixture[str]
     # 5 GiB + 8192 x 128 KiB = 6 GiB; + 1.2 GiB margin <= 8 GiB free
     assert (doc["fits"], doc["required_bytes"], doc["max_context"]) == (True, 6 * GIB, 14_745)
     assert doc["gpu_memory_utilization"] is None and doc["command"] is None
+
+
+@pytest.mark.parametrize(
+    ("base", "cost", "total_gib", "ctx", "budget_gib"),
+    [
+        (7_340_032_000.0, 131_072.0, 80.0, 32_768, 40.0),
+        (1_234_567_890.5, 57_344.0, 24.0, 100_000, 20.0),
+        (16_106_127_360.0, 196_608.25, 141.0, 131_072, 120.5),
+    ],
+)
+def test_plan_reproduces_the_formula_and_its_inverse_with_the_default_margin(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    base: float,
+    cost: float,
+    total_gib: float,
+    ctx: int,
+    budget_gib: float,
+) -> None:
+    db = tmp_path / "physics.yaml"
+    write_entries(
+        db,
+        [
+            PhysicsEntry(
+                engine="vllm",
+                model="vl_org/m",
+                device="GPU X",
+                probe="nvml",
+                base_bytes=base,
+                cost_per_token_bytes=cost,
+                r2=0.999,
+                n_points=5,
+                points=(),
+                engine_starts=3,
+            )
+        ],
+    )
+    args = ["plan", "--physics", str(db), "--engine", "vllm", "--model", "vl_org/m"]
+    args += ["--device", "GPU X", "--total-gib", str(total_gib), "--used-gib", "0"]
+    total = total_gib * GIB
+    doc = run_json(capsys, [*args, "--ctx", str(ctx)])
+    expected = (base + ctx * cost) / total + 0.05
+    assert abs(doc["gpu_memory_utilization"] - expected) <= 0.005
+    assert doc["gpu_memory_utilization"] >= expected  # rounded up, never under-allocated
+    doc = run_json(capsys, [*args, "--budget-gib", str(budget_gib)])
+    assert abs(doc["max_context"] - (budget_gib * GIB - base) / cost) <= 256

@@ -296,8 +296,9 @@ def plan_vllm(
 
     Forward: `utilization = required/total + margin`, rounded up; refused when it passes
     `max_util` or when `utilization x total` exceeds the free memory
-    (`total - used_by_others`). Inverse: the longest context whose forward plan stays within
-    the budget, `floor((budget - margin x total - base) / cost)`, then the forward plan for it.
+    (`total - used_by_others`). Inverse: the longest context the budget holds,
+    `floor((budget - base) / cost)` (the budget is the model's memory; the margin is added on
+    top, in the utilization of the forward plan for that context).
     """
     if (ctx is None) == (budget_bytes is None):
         raise ValueError("give exactly one of ctx and budget_bytes")
@@ -312,7 +313,7 @@ def plan_vllm(
     longest = max_context(ceiling - margin * total_bytes, base, cost)
 
     if budget_bytes is not None:
-        inverse_ctx = max_context(budget_bytes - margin * total_bytes, base, cost)
+        inverse_ctx = max_context(budget_bytes, base, cost)
         if budget_bytes > free:
             messages.append(
                 f"the budget {_gib(budget_bytes)} is more than the {_gib(free)} free "
@@ -320,8 +321,8 @@ def plan_vllm(
             )
         if inverse_ctx == 0:
             messages.append(
-                f"refused: the budget {_gib(budget_bytes)} minus the margin does not even hold "
-                f"the base {_gib(base)}"
+                f"refused: the budget {_gib(budget_bytes)} does not even hold the base "
+                f"{_gib(base)}"
             )
             return Plan(
                 engine=phys.engine or engine,
