@@ -800,6 +800,21 @@ def test_runner_reports_missing_without_download_then_calibrates_with_it(
     assert ps.r2 is not None and ps.r2 > 0.99
     assert ps.settings["num_parallel"] == 1 and ps.settings["kv_cache_type"] == "f16"
 
+    # the guardrail, now from the calibration: with only what ctx 2048 needs free, a sweep up to
+    # 4096 is warned about (and skipped) at 4096, before anything is loaded at that context
+    free_gib = ps.required_bytes(2048) / 2**30
+    config = yaml.safe_load(cfg.read_text())
+    config["sweep"]["contexts"] = [512, 1024, 4096]
+    config["guardrail"] = {"assume_free_gib": free_gib, "skip_if_no_fit": True}
+    cfg.write_text(yaml.safe_dump(config))
+    assert main(args) == 0
+    records = _journal(tmp_path)
+    (warning,) = [r for r in records if r["kind"] == "warning"]
+    assert warning["ctx"] == 4096 and "(calibrated)" in warning["message"]
+    assert warning["predicted_bytes"] == pytest.approx(ps.required_bytes(4096))
+    assert abs(warning["max_context"] - 2048) <= 1
+    assert sorted(r["ctx"] for r in records if r["kind"] == "point") == [512, 1024]
+
 
 @pytest.mark.slow
 def test_status_lists_loaded_models_and_detach_keeps_them_loaded(
