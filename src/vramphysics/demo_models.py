@@ -46,7 +46,7 @@ _WORDS = (
 
 @dataclass(frozen=True)
 class TinyModelShape:
-    """The shape of a generated llama-architecture model."""
+    """The shape of a generated llama-architecture model (GGUF or HF)."""
 
     n_layers: int = 8
     n_embd: int = 256
@@ -145,25 +145,7 @@ def write_tiny_gguf(
     return path
 
 
-@dataclass(frozen=True)
-class TinyHfShape:
-    """The shape of the generated Hugging Face llama model (for vLLM)."""
-
-    n_layers: int = 4
-    hidden_size: int = 256
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    intermediate_size: int = 512
-    vocab_size: int = 512
-    max_position_embeddings: int = 32768
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.n_heads
-
-    def kv_bytes_per_token(self, bytes_per_value: int = 2) -> int:
-        """Theory for a bf16 cache: K and V, per layer, per KV head, per head dimension."""
-        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_value
+HF_SHAPE = TinyModelShape(n_layers=4)  # the HF demo model (vLLM): 2048 B/token in bf16
 
 
 _SPECIALS = ("<unk>", "<s>", "</s>")
@@ -221,7 +203,7 @@ def _tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
 
 
-def write_tiny_hf(folder: Path, shape: TinyHfShape | None = None, *, seed: int = 0) -> Path:
+def write_tiny_hf(folder: Path, shape: TinyModelShape = HF_SHAPE, *, seed: int = 0) -> Path:
     """Write a random llama model (bf16 safetensors) with its tokenizer into `folder`.
 
     Needs `torch` and `transformers` (installed with vLLM). The folder is written beside its
@@ -232,16 +214,15 @@ def write_tiny_hf(folder: Path, shape: TinyHfShape | None = None, *, seed: int =
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    shape = shape or TinyHfShape()
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
+        vocab_size=shape.n_vocab,
+        hidden_size=shape.n_embd,
+        intermediate_size=shape.n_ff,
         num_hidden_layers=shape.n_layers,
         num_attention_heads=shape.n_heads,
         num_key_value_heads=shape.n_kv_heads,
-        max_position_embeddings=shape.max_position_embeddings,
+        max_position_embeddings=shape.n_ctx_train,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=None,
@@ -253,7 +234,7 @@ def write_tiny_hf(folder: Path, shape: TinyHfShape | None = None, *, seed: int =
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    _tiny_tokenizer(shape.vocab_size).save_pretrained(tmp)
+    _tiny_tokenizer(shape.n_vocab).save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder

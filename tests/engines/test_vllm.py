@@ -19,7 +19,7 @@ import pytest
 
 from vramphysics.calibrate import measure_point
 from vramphysics.config import VllmConfig
-from vramphysics.demo_models import TinyHfShape
+from vramphysics.demo_models import HF_SHAPE
 from vramphysics.engines.vllm import (
     API_SERVER_MODULE,
     VllmEngine,
@@ -36,7 +36,7 @@ from vramphysics.setups import parse_model_id
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 NO_VLLM = "vLLM is not installed here (`make install-vllm` installs its CPU build)"
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason=NO_VLLM)
-SHAPE = TinyHfShape()
+SHAPE = HF_SHAPE
 THEORY_KV = 2 * SHAPE.n_layers * SHAPE.n_kv_heads * SHAPE.head_dim * 2  # bf16 K and V
 GIB = 2**30
 
