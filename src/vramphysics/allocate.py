@@ -321,8 +321,7 @@ def plan_vllm(
             )
         if inverse_ctx == 0:
             messages.append(
-                f"refused: the budget {_gib(budget_bytes)} does not even hold the base "
-                f"{_gib(base)}"
+                f"refused: the budget {_gib(budget_bytes)} does not even hold the base {_gib(base)}"
             )
             return Plan(
                 engine=phys.engine or engine,
