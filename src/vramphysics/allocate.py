@@ -279,6 +279,36 @@ def _check_device(total_bytes: int, used_by_others_bytes: int, margin: float) ->
         raise ValueError(f"margin must be in [0, 1), got {margin}")
 
 
+def _plan(
+    phys: Physics,
+    engine: str,
+    model: str | None,
+    device: str | None,
+    total_bytes: int,
+    used_by_others_bytes: int,
+    margin: float,
+    messages: Sequence[str],
+    **verdict: Any,
+) -> Plan:
+    """A Plan from the physics and the device; `verdict` holds the plan-specific fields."""
+    return Plan(
+        engine=phys.engine or engine,
+        model=model or phys.model or "",
+        device=device or phys.device or "",
+        source=phys.source,
+        total_bytes=total_bytes,
+        free_bytes=total_bytes - used_by_others_bytes,
+        used_by_others_bytes=used_by_others_bytes,
+        margin=margin,
+        base_bytes=phys.base_bytes,
+        cost_per_token_bytes=phys.cost_per_token_bytes,
+        probe=phys.probe,
+        upper_bound=phys.upper_bound,
+        messages=tuple(messages),
+        **verdict,
+    )
+
+
 def plan_vllm(
     source: PhysicsEntry | Theory | Physics,
     *,
@@ -323,26 +353,21 @@ def plan_vllm(
             messages.append(
                 f"refused: the budget {_gib(budget_bytes)} does not even hold the base {_gib(base)}"
             )
-            return Plan(
-                engine=phys.engine or engine,
-                model=model or phys.model or "",
-                device=device or phys.device or "",
-                source=phys.source,
+            return _plan(
+                phys,
+                engine,
+                model,
+                device,
+                total_bytes,
+                used_by_others_bytes,
+                margin,
+                messages,
                 ctx=None,
                 required_bytes=None,
                 gpu_memory_utilization=None,
                 kv_cache_memory_bytes=None,
                 max_context=0,
                 fits=False,
-                total_bytes=total_bytes,
-                free_bytes=free,
-                used_by_others_bytes=used_by_others_bytes,
-                margin=margin,
-                base_bytes=base,
-                cost_per_token_bytes=cost,
-                probe=phys.probe,
-                upper_bound=phys.upper_bound,
-                messages=tuple(messages),
             )
         ctx, longest = inverse_ctx, inverse_ctx
         messages.append(f"the budget {_gib(budget_bytes)} holds up to {inverse_ctx} tokens")
@@ -368,26 +393,21 @@ def plan_vllm(
     if fits and budget_bytes is None:
         messages.append(f"up to {longest} tokens would fit in the memory free now")
     kv_ctx = math.ceil(ctx / VLLM_BLOCK_TOKENS) * VLLM_BLOCK_TOKENS
-    return Plan(
-        engine=phys.engine or engine,
-        model=model or phys.model or "",
-        device=device or phys.device or "",
-        source=phys.source,
+    return _plan(
+        phys,
+        engine,
+        model,
+        device,
+        total_bytes,
+        used_by_others_bytes,
+        margin,
+        messages,
         ctx=ctx,
         required_bytes=req,
         gpu_memory_utilization=util,
         kv_cache_memory_bytes=math.ceil(kv_ctx * cost),
         max_context=longest,
         fits=fits,
-        total_bytes=total_bytes,
-        free_bytes=free,
-        used_by_others_bytes=used_by_others_bytes,
-        margin=margin,
-        base_bytes=base,
-        cost_per_token_bytes=cost,
-        probe=phys.probe,
-        upper_bound=phys.upper_bound,
-        messages=tuple(messages),
     )
 
 
@@ -432,26 +452,21 @@ def plan_ollama(
                 f"({_gib(used_by_others_bytes)} used by other processes)"
             )
     messages.append(f"up to {longest} tokens fit in {_gib(room)}")
-    return Plan(
-        engine=phys.engine or engine,
-        model=model or phys.model or "",
-        device=device or phys.device or "",
-        source=phys.source,
+    return _plan(
+        phys,
+        engine,
+        model,
+        device,
+        total_bytes,
+        used_by_others_bytes,
+        margin,
+        messages,
         ctx=ctx,
         required_bytes=req,
         gpu_memory_utilization=None,
         kv_cache_memory_bytes=None,
         max_context=longest,
         fits=fits,
-        total_bytes=total_bytes,
-        free_bytes=free,
-        used_by_others_bytes=used_by_others_bytes,
-        margin=margin,
-        base_bytes=base,
-        cost_per_token_bytes=cost,
-        probe=phys.probe,
-        upper_bound=phys.upper_bound,
-        messages=tuple(messages),
     )
 
 
