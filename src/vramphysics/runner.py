@@ -35,7 +35,7 @@ from vramphysics.config import Config, load_config
 from vramphysics.engines import create_engine
 from vramphysics.engines.base import Engine
 from vramphysics.engines.process import kill_leftovers
-from vramphysics.errors import ConfigError, EngineError, Interrupted
+from vramphysics.errors import ConfigError, EngineError, Interrupted, SetupError
 from vramphysics.journal import Journal, journal_path, latest_run_id, read_journal
 from vramphysics.outcome import Outcome, build_outcome, fits_for
 from vramphysics.probes import NvmlStatus, Probe, choose_probe, nvml_status
@@ -51,6 +51,7 @@ from vramphysics.records import (
 from vramphysics.redact import RedactingFilter, redact
 from vramphysics.report import plan_sheet, write_report
 from vramphysics.setups import ModelSpec, load_setups, select_setups
+from vramphysics.yamlio import load_yaml
 
 if TYPE_CHECKING:
     from vramphysics.theory import Theory
@@ -491,18 +492,27 @@ def _total_ram() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def _validate_models(cfg: Config, specs: list[ModelSpec]) -> None:
-    """Every model ID its engine can never serve fails here, before any engine starts."""
-    by_engine: dict[str, list[ModelSpec]] = {}
-    for spec in specs:
-        by_engine.setdefault(spec.engine, []).append(spec)
-    for name, engine_specs in by_engine.items():
+def _validate_models(
+    cfg: Config, setups: dict[str, list[ModelSpec]], chosen: list[tuple[str, ModelSpec]], path: Path
+) -> None:
+    """Every model ID its engine can never serve fails here, before any engine starts; the
+    error names the setups file and the line of the ID."""
+    by_engine: dict[str, list[tuple[str, ModelSpec]]] = {}
+    for setup, spec in chosen:
+        by_engine.setdefault(spec.engine, []).append((setup, spec))
+    for name, items in by_engine.items():
         engine = create_engine(
             name, cfg, state_dir=cfg.paths.state_dir, log_dir=cfg.paths.state_dir / "logs"
         )
         try:
-            for spec in engine_specs:
-                engine.validate(spec)
+            for setup, spec in items:
+                try:
+                    engine.validate(spec)
+                except SetupError as exc:
+                    line = load_yaml(path, what="test setups").line_of(
+                        setup, setups[setup].index(spec)
+                    )
+                    raise SetupError(exc.message, path=path, line=line, key=setup) from exc
         finally:
             engine.close()
 
@@ -519,7 +529,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 0
     setups = load_setups(args.setups)
     chosen = select_setups(setups, args.setup_names, path=args.setups)
-    _validate_models(cfg, [spec for _setup, spec in chosen])
+    _validate_models(cfg, setups, chosen, args.setups)
     # a corrupt database stops us now, before any engine starts
     physics_db.load(physics_db.db_path(cfg.paths.calibration_dir))
     for folder, what in (
