@@ -203,14 +203,18 @@ class NvmlProbe(Probe):
 
 
 def choose_probe(
-    prefer: str, root_pid: Callable[[], int | None], gpu_index: int = 0
+    prefer: str,
+    root_pid: Callable[[], int | None],
+    gpu_index: int = 0,
+    status: NvmlStatus | None = None,
 ) -> tuple[Probe, str]:
     """NVML when a GPU answers (unless `process` is preferred), else the process tree.
 
+    `status`: an NVML status already taken (the runner queries it once per run).
     Returns the probe and a sentence saying why it was chosen.
     """
     if prefer in ("auto", "nvml"):
-        status = nvml_status()
+        status = status if status is not None else nvml_status()
         if status.available and status.gpus:
             return NvmlProbe(gpu_index), f"NVML on GPU {gpu_index}"
         if prefer == "nvml":

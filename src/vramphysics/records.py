@@ -111,9 +111,6 @@ class BenchResult(Record):
     at: str = ""
 
 
-STATUSES = ("OK", "MISSING", "FAILED", "SKIPPED", "NO_FIT")
-
-
 @dataclass(frozen=True)
 class StatusRow(Record):
     """The outcome of one model (or of one step of it, when `ctx` is set)."""

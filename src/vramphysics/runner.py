@@ -175,7 +175,9 @@ class _Run:
 
 def _make_probe_factory(run: _Run) -> Callable[[Engine], Probe]:
     def make(engine: Engine) -> Probe:
-        probe, _why = choose_probe(run.probe_prefer, engine.root_pid, run.cfg.probes.gpu_index)
+        probe, _why = choose_probe(
+            run.probe_prefer, engine.root_pid, run.cfg.probes.gpu_index, run.nvml
+        )
         return probe
 
     return make
@@ -571,7 +573,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             force_download=args.force_download,
             progress=bar,
         )
-        probe, why = choose_probe(cfg.probes.prefer, lambda: None, cfg.probes.gpu_index)
+        probe, why = choose_probe(cfg.probes.prefer, lambda: None, cfg.probes.gpu_index, nvml)
         probe_name = probe.name
         probe.close()
         if not any(isinstance(r, RunHeader) for r in done):

@@ -13,8 +13,7 @@ import logging
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -276,13 +275,3 @@ def kill_leftovers(
         (state_dir / _PROCS / f"{rec.pid}.json").unlink(missing_ok=True)
         stopped.append(rec)
     return stopped
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> bool:
-    """Poll until `predicate()` is true or the time is up."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
