@@ -32,6 +32,15 @@ def test_json_has_the_documented_keys_and_figures(capsys: pytest.CaptureFixture[
     assert facts["weights_bytes"] is None  # absent figures are null, never guessed
 
 
+def test_v1_log_reports_max_model_len(capsys: pytest.CaptureFixture[str]) -> None:
+    """A V1 log states max_model_len only as "Maximum concurrency for 32,768 tokens ..."."""
+    log = LOGS / "v1_0_10_engine_core.log"
+    assert main(["inspect-log", "--engine", "vllm", str(log), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["max_model_len"] == 32_768
+    assert main(["inspect-log", "--engine", "vllm", str(log)]) == 0
+    assert "max_model_len          32768" in capsys.readouterr().out.splitlines()
+
+
 def test_failure_is_classified_with_the_largest_context(capsys: pytest.CaptureFixture[str]) -> None:
     log = LOGS / "fail_v1_kv_too_small_estimate.log"
     assert main(["inspect-log", "--engine", "vllm", str(log), "--json"]) == 0

@@ -248,3 +248,46 @@ def test_bad_gpus_names_the_plain_key(tmp_path: Path) -> None:
         load_config(path)
     assert info.value.line == 3
     assert info.value.key == "engines.vllm.gpus"
+
+
+def test_gpus_for_every_engine(tmp_path: Path) -> None:
+    """`gpus` has one meaning for each engine: all (default), none, or a list of indices."""
+    assert Config().engines.llamacpp.gpus == "all"
+    assert Config().engines.ollama.gpus == "all"
+    assert Config().engines.vllm.gpus == "all"
+    path = _write(
+        tmp_path,
+        "engines:\n  llamacpp:\n    gpus: [1]\n  ollama:\n    gpus: none\n  vllm:\n    gpus: [2, 0]\n",
+    )
+    cfg = load_config(path)
+    assert cfg.engines.llamacpp.gpus == [1]
+    assert cfg.engines.ollama.gpus == "none"
+    assert cfg.engines.vllm.gpus == [2, 0]
+
+
+@pytest.mark.parametrize(
+    ("engine", "value", "words"),
+    [
+        ("vllm", "[]", "write `none`"),
+        ("llamacpp", "[0, 0]", "appears twice"),
+        ("ollama", "[-1]", ">= 0"),
+        ("vllm", "[true]", "whole numbers"),
+        ("llamacpp", "some", "all"),
+    ],
+)
+def test_bad_gpu_lists_are_refused(tmp_path: Path, engine: str, value: str, words: str) -> None:
+    path = _write(tmp_path, f"engines:\n  {engine}:\n    gpus: {value}\n")
+    with pytest.raises(ConfigError, match=words) as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == (f"engines.{engine}.gpus", 3)
+
+
+def test_vllm_gpus_are_chosen_by_gpus_not_env(tmp_path: Path) -> None:
+    path = _write(tmp_path, "engines:\n  vllm:\n    env:\n      CUDA_VISIBLE_DEVICES: '1'\n")
+    with pytest.raises(ConfigError, match="set gpus instead") as info:
+        load_config(path)
+    assert info.value.key == "engines.vllm.env"
+
+
+def test_default_vllm_container_name_holds_the_model() -> None:
+    assert Config().engines.vllm.container_name == "vram-physics-vllm-{model}"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -35,6 +37,38 @@ class _Strict(BaseModel):
         return value
 
 
+def _gpu_indices_not_booleans(value: Any) -> Any:
+    """`gpus: [true]` is a mistake, not GPU 1."""
+    if isinstance(value, list) and any(isinstance(i, bool) for i in value):
+        raise ValueError(f"GPU indices are whole numbers, got {value!r}")
+    return value
+
+
+def _gpu_list_pins_some_gpu(value: str | list[int]) -> str | list[int]:
+    """A list names at least one GPU, each once, by its index (>= 0)."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("an empty list names no GPU; write `none` for a start without a GPU")
+        if any(i < 0 for i in value):
+            raise ValueError(f"GPU indices are >= 0, got {value!r}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a GPU index appears twice in {value!r}")
+    return value
+
+
+# `all`: every GPU the environment shows (CUDA_VISIBLE_DEVICES as the user set it); `none`: no
+# GPU (a CPU start); a list: exactly those GPUs, by NVML / nvidia-smi index.
+GpuSelection = Annotated[
+    Literal["all", "none"] | list[int],
+    BeforeValidator(_gpu_indices_not_booleans),
+    AfterValidator(_gpu_list_pins_some_gpu),
+]
+_GPUS_HELP = (
+    "`all` (the GPUs the environment shows), `none` (no GPU) or a list of GPU indices "
+    "(nvidia-smi order)"
+)
+
+
 class EngineTimeouts(_Strict):
     start_timeout_s: float = Field(120.0, gt=0, description="launch until ready")
     request_timeout_s: float = Field(120.0, gt=0, description="one request, start to end")
@@ -51,6 +85,7 @@ class LlamaCppConfig(EngineTimeouts):
     model_dir: Path = Path("models")
     extra_args: list[str] = []
     n_gpu_layers: int = Field(-1, ge=-1, description="layers offloaded to the GPU (-1: all)")
+    gpus: GpuSelection = Field("all", description=_GPUS_HELP)
 
 
 class VllmConfig(EngineTimeouts):
@@ -66,10 +101,15 @@ class VllmConfig(EngineTimeouts):
     )
     image: str = "vllm/vllm-openai:latest"
     container_name: str = Field(
-        "vllm-server", min_length=1, description="`{model}` is replaced by the model ID, sanitized"
+        "vram-physics-vllm-{model}",
+        min_length=1,
+        description="`{model}` is replaced by the model ID, sanitized; a container of this name "
+        "that vram-physics did not start is never removed",
     )
     container_port: int = Field(8000, ge=1, le=65535)
-    gpus: Literal["all", "none"] | list[int] = "all"
+    gpus: GpuSelection = Field(
+        "all", description=_GPUS_HELP + "; native: CUDA_VISIBLE_DEVICES, Docker: device requests"
+    )
     hf_cache: Path = Field(
         Path("~/.cache/huggingface"),
         description="Hugging Face home (holds hub/); HF_HUB_CACHE and HF_HOME take precedence",
@@ -93,6 +133,17 @@ class VllmConfig(EngineTimeouts):
             raise ValueError("every KV cache space must be >= 1 GiB")
         return v
 
+    @field_validator("env")
+    @classmethod
+    def _gpus_are_chosen_by_gpus(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
+            if name in v:
+                raise ValueError(
+                    f"{name} is set from engines.vllm.gpus (a list of GPU indices, or none), "
+                    "so that the probe watches the same GPUs: set gpus instead"
+                )
+        return v
+
 
 class OllamaConfig(EngineTimeouts):
     host: str = "127.0.0.1"
@@ -112,6 +163,7 @@ class OllamaConfig(EngineTimeouts):
     env: dict[str, str] = Field(
         {}, description="extra environment of a server we start (e.g. OLLAMA_MODELS)"
     )
+    gpus: GpuSelection = Field("all", description=_GPUS_HELP + " of a server we start")
 
     @model_validator(mode="after")
     def _quantized_kv_needs_flash_attention(self) -> OllamaConfig:

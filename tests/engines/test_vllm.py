@@ -10,6 +10,7 @@ import importlib.util
 import json
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ from vramphysics.demo_models import HF_SHAPE
 from vramphysics.engines.vllm import (
     API_SERVER_MODULE,
     VllmEngine,
+    gpu_env,
     kv_cache_dtype,
     resolve_native_command,
     sanitize_container_name,
     server_args,
 )
 from vramphysics.errors import EngineError, SetupError
-from vramphysics.probes import MemoryTrace, ProcessTreeProbe
+from vramphysics.probes import MemoryTrace, NvmlStatus, ProcessTreeProbe
 from vramphysics.records import CalibrationPoint
 from vramphysics.setups import parse_model_id
 
@@ -123,6 +125,67 @@ def _has_dist(name: str) -> bool:
     except metadata.PackageNotFoundError:
         return False
     return True
+
+
+def test_gpu_env_pins_exactly_the_chosen_gpus() -> None:
+    assert gpu_env([1, 2], docker=False) == {
+        "CUDA_VISIBLE_DEVICES": "1,2",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # CUDA numbers GPUs as NVML and nvidia-smi do
+    }
+    assert gpu_env("none", docker=False) == {"CUDA_VISIBLE_DEVICES": ""}
+    assert gpu_env("all", docker=False) == {}
+    # A container renumbers its GPUs from 0: the NVIDIA runtime's variable, never CUDA's.
+    assert gpu_env([1, 2], docker=True) == {"NVIDIA_VISIBLE_DEVICES": "1,2"}
+    assert gpu_env("none", docker=True) == {"NVIDIA_VISIBLE_DEVICES": "void"}
+    assert gpu_env("all", docker=True) == {}
+
+
+def test_gpu_indices_say_which_gpus_a_start_uses(tmp_path: Path) -> None:
+    for gpus, indices in (("all", None), ("none", ()), ([1, 2], (1, 2))):
+        cfg = VllmConfig.model_validate({"gpus": gpus})
+        with VllmEngine(cfg, state_dir=tmp_path, log_dir=tmp_path / "logs") as engine:
+            assert engine.gpu_indices() == indices
+
+
+_PRINT_GPU_ENV = (
+    "import os; print('CVD=' + repr(os.environ.get('CUDA_VISIBLE_DEVICES'))"
+    " + ' ORDER=' + repr(os.environ.get('CUDA_DEVICE_ORDER')))"
+)
+
+
+def _native_child_env(tmp_path: Path, gpus: object) -> str:
+    """Start a native "server" that prints its GPU variables and exits; return what it printed."""
+    folder = tmp_path / "models" / "m"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text("{}")
+    cfg = VllmConfig.model_validate(
+        {"gpus": gpus, "model_dir": folder.parent, "command": ["python", "-c", _PRINT_GPU_ENV]}
+    )
+    log_dir = tmp_path / f"logs-{gpus}"
+    with VllmEngine(cfg, state_dir=tmp_path / "state", log_dir=log_dir) as engine:
+        spec = parse_model_id("vl_m")
+        engine.start(spec, 512)
+        argv, env = engine.native_launch(spec, 512, engine.lookup(spec))
+        assert (
+            argv[:2] == [sys.executable, "-c"] and argv[argv.index("--max-model-len") + 1] == "512"
+        )
+        assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+        deadline = time.monotonic() + 30
+        while engine.root_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return (log_dir / "vllm-m-ctx512.log").read_text()
+
+
+def test_a_native_start_runs_on_the_chosen_gpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpus [1, 2] reach the server's environment; `all` leaves the user's CUDA_VISIBLE_DEVICES."""
+    monkeypatch.setattr("vramphysics.engines.vllm.nvml_status", lambda: NvmlStatus(False, "test"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    assert "CVD='1,2' ORDER='PCI_BUS_ID'" in _native_child_env(tmp_path, [1, 2])
+    assert "CVD='3' ORDER=None" in _native_child_env(tmp_path, "all")
+    assert "CVD='' ORDER=None" in _native_child_env(tmp_path, "none")
 
 
 def test_two_calibration_starts_with_different_kv_budgets(tmp_path: Path) -> None:

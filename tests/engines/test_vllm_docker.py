@@ -7,6 +7,7 @@ standing in for the container's published port, readiness and `/metrics`.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import logging
@@ -24,6 +25,7 @@ from vramphysics.config import VllmConfig
 from vramphysics.engines.vllm import (
     MANAGED_LABEL,
     VllmEngine,
+    container_name,
     managed_containers,
     remove_managed_containers,
 )
@@ -45,6 +47,7 @@ class FakeContainer:
         statuses: list[Any] | None = None,
     ) -> None:
         self.name = name
+        self.id = hashlib.sha256(name.encode()).hexdigest()
         self.labels = labels
         self.status = "created"
         self.attrs: dict[str, Any] = {"State": {"Pid": 0, "ExitCode": 0}}
@@ -223,9 +226,24 @@ def test_chosen_gpus_a_local_folder_and_hf_hub_cache(
     }
     assert call["name"] == "bench"
     assert "HF_TOKEN" not in call["environment"]
+    # The NVIDIA runtime also reads this variable (CUDA images set it to `all`); inside the
+    # container the GPUs are renumbered from 0, so CUDA_VISIBLE_DEVICES must not be set.
+    assert call["environment"]["NVIDIA_VISIBLE_DEVICES"] == "0,2"
+    assert "CUDA_VISIBLE_DEVICES" not in call["environment"]
 
 
-def test_an_existing_container_of_that_name_is_removed_first(tmp_path: Path, hf_home: Path) -> None:
+def test_no_gpus_for_a_container(tmp_path: Path, hf_home: Path) -> None:
+    client = FakeDocker()
+    with _engine(tmp_path, client, gpus="none") as engine:
+        engine.start(parse_model_id(f"vl_{MODEL}"), 1024)
+    (call,) = client.containers.run_calls
+    assert call["device_requests"] == []
+    assert call["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def test_a_leftover_container_of_ours_with_that_name_is_removed_first(
+    tmp_path: Path, hf_home: Path
+) -> None:
     client = FakeDocker()
     old = FakeContainer("vllm-Qwen-Qwen2.5-0.5B-Instruct", {MANAGED_LABEL: "1"})
     client.containers.existing[old.name] = old
@@ -233,6 +251,40 @@ def test_an_existing_container_of_that_name_is_removed_first(tmp_path: Path, hf_
         engine.start(parse_model_id(f"vl_{MODEL}"), 1024)
         assert old.calls == [("remove", True)]
         assert len(client.containers.run_calls) == 1
+
+
+def test_a_container_we_did_not_start_is_never_removed(tmp_path: Path, hf_home: Path) -> None:
+    """Someone's own container with the name: the start is refused, naming it; it is untouched."""
+    client = FakeDocker()
+    theirs = FakeContainer("vllm-Qwen-Qwen2.5-0.5B-Instruct", {"com.example.owner": "alice"})
+    client.containers.existing[theirs.name] = theirs
+    engine = _engine(tmp_path, client)
+    with pytest.raises(EngineError) as err:
+        engine.start(parse_model_id(f"vl_{MODEL}"), 1024)
+    engine.stop()
+    engine.close()
+    assert err.value.kind == "start_failed"
+    message = str(err.value)
+    assert "'vllm-Qwen-Qwen2.5-0.5B-Instruct'" in message and theirs.id[:12] in message
+    assert "engines.vllm.container_name" in message
+    assert theirs.calls == []  # neither stopped nor removed
+    assert client.containers.run_calls == []
+    assert client.containers.existing["vllm-Qwen-Qwen2.5-0.5B-Instruct"] is theirs
+
+
+def test_each_model_gets_its_own_default_container_name(tmp_path: Path, hf_home: Path) -> None:
+    default = VllmConfig().container_name
+    a = container_name(default, parse_model_id(f"vl_{MODEL}"))
+    b = container_name(default, parse_model_id("vl_meta-llama/Llama-3.1-8B-Instruct"))
+    assert a == "vram-physics-vllm-Qwen-Qwen2.5-0.5B-Instruct"
+    assert b == "vram-physics-vllm-meta-llama-Llama-3.1-8B-Instruct"
+    client = FakeDocker()
+    cfg = VllmConfig(mode="docker", hf_cache=hf_home)
+    with VllmEngine(
+        cfg, state_dir=tmp_path, log_dir=tmp_path / "logs", docker_client_factory=lambda: client
+    ) as engine:
+        engine.start(parse_model_id(f"vl_{MODEL}"), 1024)
+    assert client.containers.run_calls[0]["name"] == a
 
 
 def test_a_failed_start_is_classified_stopped_removed_and_redacted(

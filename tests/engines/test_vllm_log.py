@@ -216,6 +216,32 @@ def test_cpu_build_on_our_machine() -> None:
     assert f.kv_bytes_per_token == 2_048.0  # the tiny model's f16 KV cost
 
 
+def test_v1_logs_state_max_model_len_in_the_concurrency_line() -> None:
+    """V1 prints no max_model_len line; vLLM formats "Maximum concurrency for N tokens per
+    request" from its max_model_len, with thousands separators."""
+    assert facts("v1_0_10_engine_core.log").max_model_len == 32_768  # "for 32,768 tokens"
+    assert facts("v1_0_7_kv_tokens.log").max_model_len == 2_048
+    assert facts("cpu_vllm_cpu_local.log").max_model_len == 2_048  # the merged CPU line
+    excerpt = (
+        "(EngineCore_DP0 pid=7) INFO 10-03 16:22:17 [kv_cache_utils.py:864] "
+        "GPU KV cache size: 524,288 tokens\n"
+        "(EngineCore_DP0 pid=7) INFO 10-03 16:22:17 [kv_cache_utils.py:868] "
+        "Maximum concurrency for 131,072 tokens per request: 4.00x\n"
+    )
+    assert parse_log(excerpt).max_model_len == 131_072
+
+
+def test_the_last_stated_max_model_len_wins() -> None:
+    """An args dump, then the length the start serves, then a restart's args dump."""
+    first = "INFO [utils.py:1] non-default args: {'max_model_len': 4096}\n"
+    served = (
+        "INFO [kv_cache_utils.py:868] Maximum concurrency for 2,048 tokens per request: 2.00x\n"
+    )
+    restart = "INFO [utils.py:1] non-default args: {'max_model_len': 8192}\n"
+    assert parse_log(first + served).max_model_len == 2_048
+    assert parse_log(first + served + restart).max_model_len == 8_192
+
+
 def test_last_value_wins_when_a_log_holds_a_restart() -> None:
     first, second = text("v1_0_10_engine_core.log"), text("newest_cuda_graph_estimate.log")
     f = parse_log(first + second)
@@ -422,7 +448,7 @@ def test_to_json_dict() -> None:
     assert isinstance(d["weights_bytes"], int)
     assert isinstance(d["available_kv_bytes"], int)
     assert d["kv_cache_tokens"] == 23_648
-    assert d["max_model_len"] is None
+    assert d["max_model_len"] == 29_000  # "Maximum concurrency for 29000 tokens per request"
     assert d["failure"] == {
         "kind": "kv_too_small",
         "message": f.failure.message,

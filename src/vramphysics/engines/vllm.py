@@ -8,8 +8,12 @@ interpreter we launch `python -m vllm.entrypoints.openai.api_server` instead.
 
 Docker: `docker.from_env()` (or an injected client factory), GPUs by DeviceRequest, the HF cache
 mounted, the port published on 127.0.0.1 only, labelled `vramphysics.managed=1` so leftovers can
-be found (`managed_containers`), logs followed into a file; the container is removed before a
-start of the same name and after every start, also on a failure or Ctrl-C.
+be found (`managed_containers`), logs followed into a file; the container is removed after every
+start, also on a failure or Ctrl-C, and a leftover of ours with the same name before a start. A
+container of that name without our label is never touched: the start is refused, naming it.
+
+GPUs (`cfg.gpus`, see `gpu_env`): a native start gets CUDA_VISIBLE_DEVICES, a container its
+device requests and NVIDIA_VISIBLE_DEVICES; `all` leaves the user's environment as it is.
 
 Calibration in two starts (`calibration_contexts`): vLLM reserves its KV pool up front and says
 how large it is (`/metrics`: `kv_cache_memory_bytes`, `kv_cache_size_tokens`), so the cost per
@@ -34,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
@@ -91,6 +95,28 @@ def sanitize_container_name(text: str) -> str:
 def container_name(template: str, spec: ModelSpec) -> str:
     """`cfg.container_name` with `{model}` replaced by the model name, sanitized."""
     return sanitize_container_name(template.replace("{model}", spec.name))
+
+
+def gpu_env(gpus: Literal["all", "none"] | list[int], *, docker: bool) -> dict[str, str]:
+    """The variables that pin a start to `gpus` (NVML / nvidia-smi indices).
+
+    `all`: none (the GPUs the user's environment shows). A list: natively CUDA_VISIBLE_DEVICES,
+    with CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA numbers the GPUs as NVML does (its default
+    order is fastest first); in a container NVIDIA_VISIBLE_DEVICES, which the NVIDIA runtime
+    reads even without device requests (CUDA images set it to `all`), and no
+    CUDA_VISIBLE_DEVICES, as the container renumbers its GPUs from 0. `none`: no GPU.
+    """
+    if gpus == "all":
+        return {}
+    if docker:
+        return {"NVIDIA_VISIBLE_DEVICES": "void" if gpus == "none" else _joined(gpus)}
+    if gpus == "none":
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": _joined(gpus)}
+
+
+def _joined(indices: Sequence[int]) -> str:
+    return ",".join(str(i) for i in indices)
 
 
 def kv_cache_dtype(extra_args: Sequence[str]) -> str:
@@ -344,6 +370,14 @@ class VllmEngine(Engine):
         self._calibration = ctxs if len(ctxs) <= 2 else [ctxs[0], ctxs[-1]]
         return list(self._calibration)
 
+    def gpu_indices(self) -> tuple[int, ...] | None:
+        """The GPUs each start is pinned to (NVML indices): None when not pinned (every GPU the
+        environment shows), () for none (a start without a GPU)."""
+        gpus = self.cfg.gpus
+        if gpus == "all":
+            return None
+        return () if gpus == "none" else tuple(gpus)
+
     # -- where the model is ------------------------------------------------------------------
     def hub(self) -> hf_cache.HubCache:
         return hf_cache.hub_cache(self.cfg.hf_cache)
@@ -506,13 +540,17 @@ class VllmEngine(Engine):
         else:
             self._start_native(spec, ctx, found)
 
-    def _engine_env(self) -> dict[str, str]:
+    def _engine_env(self, *, docker: bool) -> dict[str, str]:
         env = dict(self.cfg.env)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_space_gib)  # a GPU build ignores it
+        env.update(gpu_env(self.cfg.gpus, docker=docker))
         return env
 
-    def _start_native(self, spec: ModelSpec, ctx: int, found: hf_cache.ModelLookup) -> None:
-        assert self._log_path is not None and self._utilization is not None
+    def native_launch(
+        self, spec: ModelSpec, ctx: int, found: hf_cache.ModelLookup
+    ) -> tuple[list[str], dict[str, str]]:
+        """The argv of a native start and the variables it adds to our environment."""
+        assert self._utilization is not None
         model = str(found.folder.resolve()) if found.kind == "local" and found.folder else spec.name
         argv = resolve_native_command(self.cfg.command) + server_args(
             model=model,
@@ -523,10 +561,15 @@ class VllmEngine(Engine):
             limit_mm_per_prompt=spec.limit_mm_per_prompt,
             extra_args=self.cfg.extra_args,
         )
-        env = self._engine_env()
+        env = self._engine_env(docker=False)
         hub = self.hub()
         if hub.source == "config":  # the server must look where check_available looked
             env["HF_HOME"] = str(hub.home_dir)
+        return argv, env
+
+    def _start_native(self, spec: ModelSpec, ctx: int, found: hf_cache.ModelLookup) -> None:
+        assert self._log_path is not None
+        argv, env = self.native_launch(spec, ctx, found)
         log.debug("starting %s", [redact(a) for a in argv])
         try:
             self._proc = ManagedProcess(
@@ -582,20 +625,19 @@ class VllmEngine(Engine):
             limit_mm_per_prompt=spec.limit_mm_per_prompt,
             extra_args=self.cfg.extra_args,
         )
-        if self.cfg.gpus == "all":
+        indices = self.gpu_indices()
+        if indices is None:
             devices = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
-        elif self.cfg.gpus == "none":
+        elif not indices:
             devices = []
         else:
-            devices = [
-                DeviceRequest(device_ids=[str(i) for i in self.cfg.gpus], capabilities=[["gpu"]])
-            ]
+            devices = [DeviceRequest(device_ids=[str(i) for i in indices], capabilities=[["gpu"]])]
         return {
             "image": self.cfg.image,
             "command": command,
             "name": container_name(self.cfg.container_name, spec),
             "detach": True,
-            "environment": {**self._engine_env(), **_secret_env()},
+            "environment": {**self._engine_env(docker=True), **_secret_env()},
             "ports": {f"{self.cfg.container_port}/tcp": (self.cfg.host, self.cfg.port)},
             "volumes": volumes,
             "ipc_mode": "host",
@@ -615,7 +657,7 @@ class VllmEngine(Engine):
         client = self._docker_client()
         kwargs = self._docker_run_kwargs(spec, ctx, found)
         name = kwargs["name"]
-        self._remove_container_named(client, name)
+        self._clear_container_name(client, name, spec)
         hub = self.hub()
         (hub.home_dir or hub.hub_dir).mkdir(parents=True, exist_ok=True)
         self._container_name = name
@@ -634,7 +676,9 @@ class VllmEngine(Engine):
             ) from exc
         self._follower = _LogFollower(self._container, self._log_path)
 
-    def _remove_container_named(self, client: Any, name: str) -> None:
+    def _clear_container_name(self, client: Any, name: str, spec: ModelSpec) -> None:
+        """Remove a leftover container of ours with this name; refuse to start over anyone
+        else's (it lacks our label): we never remove a container we did not start."""
         from docker.errors import APIError, NotFound
 
         try:
@@ -643,7 +687,14 @@ class VllmEngine(Engine):
             return
         labels = getattr(old, "labels", None) or {}
         if labels.get(MANAGED_LABEL) != "1":
-            log.warning("removing an existing container %r that vram-physics did not start", name)
+            raise EngineError(
+                "start_failed",
+                f"a container named {name!r} (id {str(old.id)[:12]}) already exists and "
+                "vram-physics did not start it, so it is left alone: rename or remove it, or "
+                "set engines.vllm.container_name (e.g. 'vram-physics-vllm-{model}')",
+                model_id=spec.raw,
+            )
+        log.info("removing container %r left over from an earlier run of ours", name)
         try:
             old.remove(force=True)
         except NotFound:

@@ -205,7 +205,8 @@ class VllmLogFacts:
 
     When a figure appears more than once (several workers, or restarts in one log) the last one
     wins. ``concurrency_tokens`` is the per-request length of the "Maximum concurrency" line,
-    which vLLM computes from its ``max_model_len``.
+    which vLLM computes from its ``max_model_len``; ``max_model_len`` is the last length the log
+    states, in an args dump, a config line or that line (V1 logs state it there only).
     """
 
     weights_bytes: int | None = None
@@ -416,6 +417,9 @@ class _Accumulator:
         if m := _CONCURRENCY.search(msg):
             self.concurrency_tokens = _int(m["tokens"])
             self.max_concurrency = float(m["x"])
+            # vLLM formats this figure from max_model_len (V0 and V1): the length it serves,
+            # and the only place V1 logs state it.
+            self.max_model_len = self.concurrency_tokens
         if m := _BLOCK_SIZE_ARG.search(msg):
             self.block_size_arg = int(m["bs"])
         if m := _MAX_MODEL_LEN.search(msg):
