@@ -142,13 +142,17 @@ def test_kv_cache_bytes_cover_whole_blocks() -> None:
 
 def test_plan_preallocated_refused_when_others_hold_the_memory() -> None:
     # vLLM would reserve 0.2 x 80 = 16 GiB; 70 GiB used by others leaves 10 GiB
-    plan = plan_preallocated(entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=70 * GIB)
+    plan = plan_preallocated(
+        entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=70 * GIB
+    )
     assert plan.fits is False
     assert plan.gpu_memory_utilization == 0.2
     assert plan.free_bytes == 10 * GIB
     assert any("refused" in m and "used by other processes" in m for m in plan.messages)
     # 64 GiB used leaves exactly the 16 GiB it reserves: fits
-    edge = plan_preallocated(entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=64 * GIB)
+    edge = plan_preallocated(
+        entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=64 * GIB
+    )
     assert edge.fits is True
 
 
@@ -396,9 +400,7 @@ def test_the_longest_context_named_passes_the_forward_check(used: int) -> None:
     assert at_max.fits, at_max.messages
     assert at_max.gpu_memory_utilization is not None
     assert at_max.gpu_memory_utilization * ODD_TOTAL <= ODD_TOTAL - used
-    beyond = plan_preallocated(
-        e, ctx=longest + 1, total_bytes=ODD_TOTAL, used_by_others_bytes=used
-    )
+    beyond = plan_preallocated(e, ctx=longest + 1, total_bytes=ODD_TOTAL, used_by_others_bytes=used)
     assert beyond.fits is False  # and it is the longest
     # the inverse names a context the forward check accepts, even for a budget of all free
     inv = plan_preallocated(

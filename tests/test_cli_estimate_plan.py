@@ -327,8 +327,9 @@ def test_two_kv_dtypes_both_stay_and_plan_picks_the_one_asked_for(
         settings = {"kv_cache_type": kv, "num_parallel": 1, "host": "127.0.0.1"}
         info = ModelInfo("ol_llama3.1:8b", "s", "ollama", "0.9", True, None, None, settings)
         points = [
-            CalibrationPoint("ol_llama3.1:8b", "ollama", c, "nvml", H100, 5 * GIB + c * cost,
-                             0, 0, 5, 1.0, "0.9")
+            CalibrationPoint(
+                "ol_llama3.1:8b", "ollama", c, "nvml", H100, 5 * GIB + c * cost, 0, 0, 5, 1.0, "0.9"
+            )
             for c in (2048, 4096, 8192)
         ]
         write_entries(db, build_outcome([info, *points]).entries)
@@ -366,8 +367,9 @@ def test_total_zero_and_no_cost_are_clear_errors(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--total-gib" in err and "internal error" not in err
     db = tmp_path / "flat.yaml"
-    flat = PhysicsEntry(engine="vllm", model=MODEL, device=H100, base_bytes=GIB,
-                        cost_per_token_bytes=0.0)
+    flat = PhysicsEntry(
+        engine="vllm", model=MODEL, device=H100, base_bytes=GIB, cost_per_token_bytes=0.0
+    )
     write_entries(db, [flat])
     bad = ["plan", "--physics", str(db), "--engine", "vllm", "--model", MODEL, "--device", H100]
     assert main([*bad, "--total-gib", "80", "--used-gib", "0", "--ctx", "1024"]) == 2
@@ -387,10 +389,23 @@ def test_llamacpp_plan_gives_llama_cpp_advice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "physics.yaml"
-    write_entries(db, [PhysicsEntry(engine="llamacpp", model="llamacpp:tiny.gguf", device="cpu",
-                                    base_bytes=GIB, cost_per_token_bytes=4096.0)])
+    write_entries(
+        db,
+        [
+            PhysicsEntry(
+                engine="llamacpp",
+                model="llamacpp:tiny.gguf",
+                device="cpu",
+                base_bytes=GIB,
+                cost_per_token_bytes=4096.0,
+            )
+        ],
+    )
     args = ["plan", "--physics", str(db), "--engine", "llamacpp", "--model", "llamacpp:tiny.gguf"]
-    assert main([*args, "--device", "cpu", "--total-gib", "8", "--used-gib", "0", "--ctx", "4096"]) == 0
+    assert (
+        main([*args, "--device", "cpu", "--total-gib", "8", "--used-gib", "0", "--ctx", "4096"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "llama-server: -c 4096" in out
     assert "ollama" not in out.lower() and "num_ctx" not in out
@@ -401,11 +416,19 @@ def test_inverse_is_capped_at_max_position_embeddings(
 ) -> None:
     folder = tmp_path / "hf"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "llama", "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "hidden_size": 256, "torch_dtype": "bfloat16",
-        "max_position_embeddings": 4096,
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "hidden_size": 256,
+                "torch_dtype": "bfloat16",
+                "max_position_embeddings": 4096,
+            }
+        )
+    )
     save_file({"w": np.zeros((1024, 1024), dtype=np.float16)}, str(folder / "model.safetensors"))
     args = ["plan", "--physics", str(tmp_path / "none.yaml"), "--engine", "vllm"]
     args += ["--model", "vl_org/tiny", "--device", "GPU X", "--total-gib", "24", "--used-gib", "0"]

@@ -468,14 +468,22 @@ def _preallocated_verdict(
     raw = req / total + margin
     util = vllm_utilization(req, total, margin, max_util=max_util)
     if raw > max_util:
-        return raw, util, (
-            f"refused: ctx {ctx} needs {_gib(req)} + margin = {raw:.3f} of the device, above "
-            f"the {max_util} cap"
+        return (
+            raw,
+            util,
+            (
+                f"refused: ctx {ctx} needs {_gib(req)} + margin = {raw:.3f} of the device, above "
+                f"the {max_util} cap"
+            ),
         )
     if util * total > free:
-        return raw, util, (
-            f"refused: vLLM would reserve {util:.3f} x {_gib(total)} = {_gib(util * total)}, "
-            f"but only {_gib(free)} is free ({_gib(total - free)} used by other processes)"
+        return (
+            raw,
+            util,
+            (
+                f"refused: vLLM would reserve {util:.3f} x {_gib(total)} = {_gib(util * total)}, "
+                f"but only {_gib(free)} is free ({_gib(total - free)} used by other processes)"
+            ),
         )
     return raw, util, None
 

@@ -61,7 +61,9 @@ def _nvml_memory(device: str) -> tuple[tuple[int, int] | None, str]:
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.total_gib is not None and not args.total_gib > 0:
-        raise ConfigError(f"the device memory must be > 0 GiB, got {args.total_gib}", key="--total-gib")
+        raise ConfigError(
+            f"the device memory must be > 0 GiB, got {args.total_gib}", key="--total-gib"
+        )
     if args.used_gib is not None and args.used_gib < 0:
         raise ConfigError(f"must be >= 0, got {args.used_gib}", key="--used-gib")
     if not 0 <= args.margin < 1:

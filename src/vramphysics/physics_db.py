@@ -207,7 +207,8 @@ class PhysicsEntry:
         try:
             parsed = _EntryDoc.model_validate(dict(d))
         except ValidationError as exc:
-            err = exc.errors()[0]
+            errors = exc.errors()  # a misspelt field first: it explains a "missing" one
+            err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
             loc = tuple(err["loc"])
             line = doc.line_of("entries", index, *loc) if doc is not None else None
             raise ConfigError(
@@ -277,6 +278,8 @@ def _entry_problem(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
     """One sentence for people from pydantic's first error."""
     name = str(loc[0]) if loc else "?"
     where = name + "".join(f"[{p}]" for p in loc[1:])
+    if err["type"] == "missing" and len(loc) > 1:
+        return f"field {where!r}: a value is missing"
     if err["type"] == "missing":
         return (
             f"field {name!r} is missing (an entry needs {', '.join(REQUIRED_FIELDS)}; "
