@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from vramphysics.allocate import (
+    DeviceMemory,
     Physics,
     SheetRow,
+    device_memory,
     docker_command,
     max_context,
-    plan_ollama,
+    memory_kind,
+    plan_for,
+    plan_on_demand,
+    plan_preallocated,
     plan_sheet_rows,
-    plan_vllm,
     required_bytes,
     resolve_physics,
     select_physics,
@@ -23,6 +28,7 @@ from vramphysics.allocate import (
 )
 from vramphysics.errors import ConfigError
 from vramphysics.physics_db import PhysicsEntry
+from vramphysics.probes import GpuInfo
 from vramphysics.theory import Theory
 
 GIB = 2**30
@@ -111,8 +117,8 @@ def test_max_context_closed_form() -> None:
 # --------------------------------------------------------------------------- vLLM plans
 
 
-def test_plan_vllm_forward() -> None:
-    plan = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB)
+def test_plan_preallocated_forward() -> None:
+    plan = plan_preallocated(entry(), ctx=32_768, total_bytes=80 * GIB)
     assert plan.required_bytes == 12 * GIB
     assert plan.gpu_memory_utilization == 0.2
     assert plan.kv_cache_memory_bytes == 32_768 * 131_072 == 4 * GIB
@@ -130,83 +136,87 @@ def test_plan_vllm_forward() -> None:
 
 def test_kv_cache_bytes_cover_whole_blocks() -> None:
     # ctx 1000 occupies 63 blocks of 16 tokens = 1008 tokens
-    plan = plan_vllm(entry(), ctx=1000, total_bytes=80 * GIB)
+    plan = plan_preallocated(entry(), ctx=1000, total_bytes=80 * GIB)
     assert plan.kv_cache_memory_bytes == 1008 * 131_072
 
 
-def test_plan_vllm_refused_when_others_hold_the_memory() -> None:
+def test_plan_preallocated_refused_when_others_hold_the_memory() -> None:
     # vLLM would reserve 0.2 x 80 = 16 GiB; 70 GiB used by others leaves 10 GiB
-    plan = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=70 * GIB)
+    plan = plan_preallocated(
+        entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=70 * GIB
+    )
     assert plan.fits is False
     assert plan.gpu_memory_utilization == 0.2
     assert plan.free_bytes == 10 * GIB
     assert any("refused" in m and "used by other processes" in m for m in plan.messages)
     # 64 GiB used leaves exactly the 16 GiB it reserves: fits
-    edge = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=64 * GIB)
+    edge = plan_preallocated(
+        entry(), ctx=32_768, total_bytes=80 * GIB, used_by_others_bytes=64 * GIB
+    )
     assert edge.fits is True
 
 
-def test_plan_vllm_refused_above_the_cap() -> None:
+def test_plan_preallocated_refused_above_the_cap() -> None:
     # 8 GiB + 614400 x 128 KiB = 8 + 75 = 83 GiB > 80 GiB
-    plan = plan_vllm(entry(), ctx=614_400, total_bytes=80 * GIB)
+    plan = plan_preallocated(entry(), ctx=614_400, total_bytes=80 * GIB)
     assert plan.fits is False
     assert plan.gpu_memory_utilization == 0.98
     assert any("above the 0.98 cap" in m for m in plan.messages)
 
 
-def test_plan_vllm_inverse() -> None:
+def test_plan_preallocated_inverse() -> None:
     # margin 0: (72 - 8) GiB / 128 KiB = 524288 tokens, and 72 / 80 = 0.9
-    plan = plan_vllm(entry(), budget_bytes=72 * GIB, total_bytes=80 * GIB, margin=0.0)
+    plan = plan_preallocated(entry(), budget_bytes=72 * GIB, total_bytes=80 * GIB, margin=0.0)
     assert (plan.max_context, plan.ctx) == (524_288, 524_288)
     assert plan.required_bytes == 72 * GIB
     assert plan.gpu_memory_utilization == 0.9
     assert plan.fits is True
     # with margin 0.05 the budget still holds (72 - 8) GiB / 128 KiB = 524288 tokens: the
     # budget is the model's memory, the margin goes on top: 72 / 80 + 0.05 = 0.95
-    plan = plan_vllm(entry(), budget_bytes=72 * GIB, total_bytes=80 * GIB)
+    plan = plan_preallocated(entry(), budget_bytes=72 * GIB, total_bytes=80 * GIB)
     assert plan.max_context == 524_288
     assert plan.gpu_memory_utilization == 0.95
 
 
-def test_plan_vllm_inverse_budget_below_base() -> None:
-    plan = plan_vllm(entry(), budget_bytes=7 * GIB, total_bytes=80 * GIB)
+def test_plan_preallocated_inverse_budget_below_base() -> None:
+    plan = plan_preallocated(entry(), budget_bytes=7 * GIB, total_bytes=80 * GIB)
     # 7 GiB < 8 GiB base
     assert plan.fits is False and plan.max_context == 0 and plan.ctx is None
     with pytest.raises(ValueError, match="refused"):
         vllm_command(plan, "m")
 
 
-def test_plan_vllm_needs_exactly_one_target() -> None:
+def test_plan_preallocated_needs_exactly_one_target() -> None:
     with pytest.raises(ValueError):
-        plan_vllm(entry(), total_bytes=80 * GIB)
+        plan_preallocated(entry(), total_bytes=80 * GIB)
     with pytest.raises(ValueError):
-        plan_vllm(entry(), ctx=1, budget_bytes=GIB, total_bytes=80 * GIB)
+        plan_preallocated(entry(), ctx=1, budget_bytes=GIB, total_bytes=80 * GIB)
 
 
 # --------------------------------------------------------------------------- Ollama plans
 
 
-def test_plan_ollama_guardrail() -> None:
+def test_plan_on_demand_guardrail() -> None:
     e = entry(engine="ollama", probe="ollama-ps", base=5 * GIB)
     # 5 GiB + 8192 x 128 KiB = 6 GiB; margin 0.05 x 24 = 1.2 GiB; free 24 - 16 = 8 GiB
-    ok = plan_ollama(e, ctx=8192, total_bytes=24 * GIB, used_by_others_bytes=16 * GIB)
+    ok = plan_on_demand(e, ctx=8192, total_bytes=24 * GIB, used_by_others_bytes=16 * GIB)
     assert ok.required_bytes == 6 * GIB
     assert ok.fits is True
     # longest: (8 - 1.2 - 5) GiB / 128 KiB = 1.8 x 8192 = 14745.6
     assert ok.max_context == 14_745
     assert ok.gpu_memory_utilization is None
     # 17 GiB used: 6 + 1.2 = 7.2 GiB > 7 GiB free
-    no = plan_ollama(e, ctx=8192, total_bytes=24 * GIB, used_by_others_bytes=17 * GIB)
+    no = plan_on_demand(e, ctx=8192, total_bytes=24 * GIB, used_by_others_bytes=17 * GIB)
     assert no.fits is False
     assert any("refused" in m for m in no.messages)
     # margin 0: fits = required <= free; (8 - 5) GiB / 128 KiB = 24576
-    bare = plan_ollama(e, total_bytes=24 * GIB, used_by_others_bytes=16 * GIB, margin=0.0)
+    bare = plan_on_demand(e, total_bytes=24 * GIB, used_by_others_bytes=16 * GIB, margin=0.0)
     assert (bare.max_context, bare.ctx, bare.fits) == (24_576, 24_576, True)
 
 
-def test_plan_ollama_theory_counts_parallel_sequences() -> None:
+def test_plan_on_demand_theory_counts_parallel_sequences() -> None:
     t = theory(weights=4 * GIB, kv=65_536, n_seq=4)
-    plan = plan_ollama(t, ctx=8192, total_bytes=24 * GIB, margin=0.0)
+    plan = plan_on_demand(t, ctx=8192, total_bytes=24 * GIB, margin=0.0)
     # 4 GiB + 8192 tokens x 4 sequences x 64 KiB = 4 + 2 GiB
     assert plan.required_bytes == 6 * GIB
     assert plan.source == "theory"
@@ -239,7 +249,7 @@ def test_entry_for_another_device_is_never_used_silently() -> None:
     assert phys.source == "theory"
     assert phys.base_bytes == 16 * GIB and phys.cost_per_token_bytes == 131_072
     assert f"calibrated on {A100}, not {H100}; using theory" in phys.messages
-    plan = plan_vllm(phys, ctx=32_768, total_bytes=80 * GIB)
+    plan = plan_preallocated(phys, ctx=32_768, total_bytes=80 * GIB)
     # (16 + 4) GiB / 80 + 0.05 = 0.3
     assert (plan.source, plan.gpu_memory_utilization, plan.device) == ("theory", 0.3, H100)
     assert any("not " + H100 in m for m in plan.messages)
@@ -249,7 +259,7 @@ def test_no_calibration_and_no_theory_is_an_error() -> None:
     with pytest.raises(ConfigError, match=f"calibrated on {A100}"):
         resolve_physics([entry(device=A100)], "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100)
     with pytest.raises(ConfigError, match="no weights size"):
-        plan_vllm(theory(weights=None), ctx=1024, total_bytes=80 * GIB)
+        plan_preallocated(theory(weights=None), ctx=1024, total_bytes=80 * GIB)
 
 
 def test_calibrated_entry_wins_over_theory() -> None:
@@ -263,7 +273,7 @@ def test_calibrated_entry_wins_over_theory() -> None:
 
 
 def test_vllm_and_docker_commands() -> None:
-    plan = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB)
+    plan = plan_preallocated(entry(), ctx=32_768, total_bytes=80 * GIB)
     assert vllm_command(plan, "meta-llama/Llama-3.1-8B-Instruct") == [
         "vllm",
         "serve",
@@ -308,7 +318,7 @@ def test_vllm_and_docker_commands() -> None:
 
 
 def test_plan_to_dict_keys() -> None:
-    d = plan_vllm(entry(), ctx=32_768, total_bytes=80 * GIB).to_dict()
+    d = plan_preallocated(entry(), ctx=32_768, total_bytes=80 * GIB).to_dict()
     for key in (
         "gpu_memory_utilization",
         "required_bytes",
@@ -323,7 +333,7 @@ def test_plan_to_dict_keys() -> None:
 
 def test_physics_record_plans_directly() -> None:
     phys = Physics(source="calibrated", base_bytes=8 * GIB, cost_per_token_bytes=131_072)
-    plan = plan_vllm(phys, ctx=32_768, total_bytes=80 * GIB, model="m", device="d")
+    plan = plan_preallocated(phys, ctx=32_768, total_bytes=80 * GIB, model="m", device="d")
     assert (plan.gpu_memory_utilization, plan.model, plan.device) == (0.2, "m", "d")
 
 
@@ -354,3 +364,145 @@ def test_plan_sheet_rows() -> None:
     assert a100[4096] == math.ceil((70.5 / 80 + 0.05) * 1000) / 1000 == 0.932
     assert json.loads(json.dumps(h100.to_dict()))["utilization"]["4096"] == 0.157
     assert len(plan_sheet_rows(entries, {H100: 80 * GIB}, best_probe_only=False)) == 3
+
+
+# --------------------------------------------------------------------------- engine kinds (item 5)
+
+
+def test_memory_kind_per_engine() -> None:
+    assert memory_kind("vllm") == "preallocated"
+    assert memory_kind("ollama") == "on_demand"
+    assert memory_kind("llamacpp") == "on_demand"
+
+
+def test_plan_for_uses_the_engine_rule() -> None:
+    # 68 GiB needed, 70 GiB free of 80: on demand it fits (68 <= 70); vLLM reserves
+    # (68 / 80 + 0.05) x 80 = 0.9 x 80 = 72 GiB > 70 GiB: refused
+    e = entry(base=68 * GIB - 131_072 * 1024)
+    args = dict(ctx=1024, total_bytes=80 * GIB, used_by_others_bytes=10 * GIB, margin=0.05)
+    assert plan_for(e, engine="vllm", **args).fits is False
+    assert plan_for(e, engine="vllm", **args).gpu_memory_utilization == 0.9
+    assert plan_for(e, engine="llamacpp", **dict(args, margin=0.0)).fits is True
+
+
+# --------------------------------------------------------------------------- edge cases (item 10)
+
+ODD_TOTAL = 25_769_803_776 - 123_456_789  # a total that is no round number of GiB
+
+
+@pytest.mark.parametrize("used", [0, 1_234_567_891, 7_777_777_777, 12_345_678_901])
+def test_the_longest_context_named_passes_the_forward_check(used: int) -> None:
+    e = entry(base=5_000_000_000, cost=98_765)
+    plan = plan_preallocated(e, ctx=1024, total_bytes=ODD_TOTAL, used_by_others_bytes=used)
+    longest = plan.max_context
+    assert longest is not None and longest > 0
+    at_max = plan_preallocated(e, ctx=longest, total_bytes=ODD_TOTAL, used_by_others_bytes=used)
+    assert at_max.fits, at_max.messages
+    assert at_max.gpu_memory_utilization is not None
+    assert at_max.gpu_memory_utilization * ODD_TOTAL <= ODD_TOTAL - used
+    beyond = plan_preallocated(e, ctx=longest + 1, total_bytes=ODD_TOTAL, used_by_others_bytes=used)
+    assert beyond.fits is False  # and it is the longest
+    # the inverse names a context the forward check accepts, even for a budget of all free
+    inv = plan_preallocated(
+        e, budget_bytes=ODD_TOTAL - used, total_bytes=ODD_TOTAL, used_by_others_bytes=used
+    )
+    assert inv.fits and inv.ctx == longest
+
+
+def test_no_cost_per_token_is_a_clear_error() -> None:
+    for cost in (0.0, -5.0, math.nan):
+        for plan in (plan_preallocated, plan_on_demand):
+            with pytest.raises(ConfigError, match="cost per token must be a number > 0"):
+                plan(entry(cost=cost), ctx=1024, total_bytes=80 * GIB)
+    with pytest.raises(ConfigError, match="device total must be > 0"):
+        plan_on_demand(entry(), ctx=1024, total_bytes=0)
+
+
+def test_the_inverse_is_capped_at_the_models_maximum_context() -> None:
+    capped = dataclasses.replace(
+        resolve_physics([entry()], "vllm", "meta-llama/Llama-3.1-8B-Instruct", H100),
+        max_context_tokens=131_072,
+    )
+    plan = plan_preallocated(capped, budget_bytes=72 * GIB, total_bytes=80 * GIB)
+    assert (plan.ctx, plan.max_context, plan.fits) == (131_072, 131_072, True)
+    assert any("model's maximum context of 131072" in m for m in plan.messages)
+    demand = plan_on_demand(capped, total_bytes=80 * GIB)
+    assert demand.max_context == 131_072
+    over = plan_preallocated(capped, ctx=200_000, total_bytes=80 * GIB)
+    assert over.fits is False
+
+
+def test_the_cap_comes_from_the_calibrations_theory_or_the_given_metadata() -> None:
+    e = dataclasses.replace(entry(), theory={"max_context_tokens": 8192})
+    phys = resolve_physics([e], "vllm", e.model, H100)
+    assert phys.max_context_tokens == 8192
+    t = dataclasses.replace(theory(), max_context_tokens=4096)
+    assert resolve_physics([entry()], "vllm", e.model, H100, theory=t).max_context_tokens == 4096
+
+
+# --------------------------------------------------------------------------- settings (item 3)
+
+F16 = {"kv_cache_type": "f16", "num_parallel": 1}
+Q8 = {"kv_cache_type": "q8_0", "num_parallel": 1, "flash_attention": "1"}
+
+
+def test_two_settings_are_never_chosen_between_silently() -> None:
+    f16 = dataclasses.replace(entry(engine="ollama"), settings=F16)
+    q8 = dataclasses.replace(entry(engine="ollama", cost=69_632), settings=Q8)
+    model = f16.model
+    with pytest.raises(ConfigError) as info:
+        resolve_physics([f16, q8], "ollama", model, H100)
+    assert f16.settings_tag in str(info.value) and q8.settings_tag in str(info.value)
+    phys = resolve_physics([f16, q8], "ollama", model, H100, settings="kv=q8_0")
+    assert (phys.cost_per_token_bytes, phys.settings_tag) == (69_632, q8.settings_tag)
+    exact = resolve_physics([f16, q8], "ollama", model, H100, settings=f16.settings_tag)
+    assert exact.cost_per_token_bytes == 131_072
+    # none matches: theory when given, saying which settings exist; else an error
+    fallback = resolve_physics([f16, q8], "ollama", model, H100, theory(), settings="kv=q4_0")
+    assert fallback.source == "theory"
+    assert q8.settings_tag in fallback.messages[0]
+    with pytest.raises(ConfigError, match="no calibration .* has settings 'kv=q4_0'"):
+        resolve_physics([f16, q8], "ollama", model, H100, settings="kv=q4_0")
+    with pytest.raises(ConfigError, match="match 2 calibrations"):
+        resolve_physics([f16, q8], "ollama", model, H100, settings="np=1")
+
+
+def test_sheet_has_one_row_per_settings() -> None:
+    f16 = dataclasses.replace(entry(total=80 * GIB), settings=F16)
+    q8 = dataclasses.replace(entry(total=80 * GIB, cost=65_536), settings=Q8)
+    rows = plan_sheet_rows([f16, q8], {})
+    assert sorted(r.settings_tag for r in rows) == sorted([f16.settings_tag, q8.settings_tag])
+
+
+# --------------------------------------------------------------------------- pinned GPUs (item 4)
+
+
+def gpu(index: int, total_gib: float, free_gib: float, name: str = H100) -> GpuInfo:
+    total, free = int(total_gib * GIB), int(free_gib * GIB)
+    return GpuInfo(index, name, total, total - free, free, "550.54")
+
+
+def test_device_memory_of_the_pinned_gpus() -> None:
+    gpus = [gpu(0, 80, 70), gpu(1, 24, 20, "NVIDIA GeForce RTX 4090"), gpu(2, 80, 10)]
+    # pinned to GPU 1: its own total and free, not GPU 0's
+    assert device_memory(gpus, (1,)) == DeviceMemory(
+        "NVIDIA GeForce RTX 4090", 24 * GIB, 20 * GIB, (1,)
+    )
+    # two GPUs: vLLM applies the utilization per GPU, so the smallest total and free bind
+    assert device_memory(gpus, (0, 1)) == DeviceMemory(
+        "NVIDIA GeForce RTX 4090", 24 * GIB, 20 * GIB, (0, 1)
+    )
+    assert device_memory(gpus, (0, 2)) == DeviceMemory(H100, 80 * GIB, 10 * GIB, (0, 2))
+    # not pinned: every visible GPU
+    assert device_memory(gpus, None) == DeviceMemory(
+        "NVIDIA GeForce RTX 4090", 24 * GIB, 10 * GIB, (0, 1, 2)
+    )
+    # pinned to none (CPU), to a GPU NVML does not show, or no NVML: unknown
+    assert device_memory(gpus, ()) is None
+    assert device_memory(gpus, (5,)) is None
+    assert device_memory([], None) is None
+    # the configured free figure replaces NVML's; without a GPU it is the whole device
+    assert device_memory(gpus, (1,), assume_free_bytes=GIB) == DeviceMemory(
+        "NVIDIA GeForce RTX 4090", 24 * GIB, GIB, (1,)
+    )
+    assert device_memory([], None, assume_free_bytes=GIB) == DeviceMemory("cpu", GIB, GIB)

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from vramphysics.cli import main
 from vramphysics.demo_models import write_tiny_gguf
-from vramphysics.physics_db import PhysicsEntry, write_entries
+from vramphysics.physics_db import PhysicsEntry, load, write_entries
 
 FIXTURES = Path(__file__).parent / "fixtures" / "theory"
 GIB = 2**30
@@ -159,7 +159,7 @@ def test_estimate_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 # --------------------------------------------------------------------------- plan
 
 
-def test_plan_vllm_forward(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_preallocated_forward(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
     args += ["--device", H100, "--total-gib", "80", "--used-gib", "0", "--ctx", "32768"]
     doc = run_json(capsys, args)
@@ -190,7 +190,7 @@ def test_plan_vllm_forward(physics: Path, capsys: pytest.CaptureFixture[str]) ->
     assert doc["command"][5:7] == ["--kv-cache-memory-bytes", str(4 * GIB)]
 
 
-def test_plan_vllm_inverse(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_preallocated_inverse(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
     args += ["--device", H100, "--total-gib", "80", "--used-gib", "0"]
     doc = run_json(capsys, [*args, "--budget-gib", "72", "--margin", "0"])
@@ -256,7 +256,7 @@ def test_plan_other_device_falls_back_to_theory(
     assert str(physics) in err and "--gguf" in err and err.count("\n") == 1
 
 
-def test_plan_ollama_guardrail(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_on_demand_guardrail(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["plan", "--physics", str(physics), "--engine", "ollama", "--model", "llama3.1:8b"]
     args += ["--device", H100, "--total-gib", "24", "--used-gib", "16", "--ctx", "8192"]
     doc = run_json(capsys, args)
@@ -309,3 +309,129 @@ def test_plan_reproduces_the_formula_and_its_inverse_with_the_default_margin(
     assert doc["gpu_memory_utilization"] >= expected  # rounded up, never under-allocated
     doc = run_json(capsys, [*args, "--budget-gib", str(budget_gib)])
     assert abs(doc["max_context"] - (budget_gib * GIB - base) / cost) <= 256
+
+
+# --------------------------------------------------------------------------- settings (item 3)
+
+
+def test_two_kv_dtypes_both_stay_and_plan_picks_the_one_asked_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two calibrations of one model, f16 and q8_0 KV cache, through the runner's own path:
+    journal records -> outcome -> physics.yaml."""
+    from vramphysics.outcome import build_outcome
+    from vramphysics.records import CalibrationPoint, ModelInfo
+
+    db = tmp_path / "physics.yaml"
+    for kv, cost in (("f16", 131_072), ("q8_0", 69_632)):
+        settings = {"kv_cache_type": kv, "num_parallel": 1, "host": "127.0.0.1"}
+        info = ModelInfo("ol_llama3.1:8b", "s", "ollama", "0.9", True, None, None, settings)
+        points = [
+            CalibrationPoint(
+                "ol_llama3.1:8b", "ollama", c, "nvml", H100, 5 * GIB + c * cost, 0, 0, 5, 1.0, "0.9"
+            )
+            for c in (2048, 4096, 8192)
+        ]
+        write_entries(db, build_outcome([info, *points]).entries)
+    entries = load(db)
+    assert sorted(e.settings_tag.split("#")[0] for e in entries) == [
+        "kv=f16,np=1",
+        "kv=q8_0,np=1",
+    ]
+    args = ["plan", "--physics", str(db), "--engine", "ollama", "--model", "ol_llama3.1:8b"]
+    args += ["--device", H100, "--total-gib", "80", "--used-gib", "0", "--ctx", "8192"]
+    doc = run_json(capsys, [*args, "--settings", "kv=q8_0"])
+    assert doc["cost_per_token_bytes"] == pytest.approx(69_632)
+    assert doc["settings_tag"].startswith("kv=q8_0,np=1#")
+    doc = run_json(capsys, [*args, "--settings", "kv=f16"])
+    assert doc["cost_per_token_bytes"] == pytest.approx(131_072)
+    # without --settings: never one picked silently; a line listing both tags
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kv=f16,np=1#" in err and "kv=q8_0,np=1#" in err
+    # settings that match none: the tags that exist
+    assert main([*args, "--settings", "kv=q4_0"]) == 2
+    err = capsys.readouterr().err
+    assert "kv=q4_0" in err and "kv=q8_0,np=1#" in err
+
+
+# --------------------------------------------------------------------------- edge cases (item 10)
+
+
+def test_total_zero_and_no_cost_are_clear_errors(
+    tmp_path: Path, physics: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["plan", "--physics", str(physics), "--engine", "vllm", "--model", MODEL]
+    args += ["--device", H100, "--used-gib", "0", "--ctx", "1024"]
+    assert main([*args, "--total-gib", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--total-gib" in err and "internal error" not in err
+    db = tmp_path / "flat.yaml"
+    flat = PhysicsEntry(
+        engine="vllm", model=MODEL, device=H100, base_bytes=GIB, cost_per_token_bytes=0.0
+    )
+    write_entries(db, [flat])
+    bad = ["plan", "--physics", str(db), "--engine", "vllm", "--model", MODEL, "--device", H100]
+    assert main([*bad, "--total-gib", "80", "--used-gib", "0", "--ctx", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(db) in err and "cost per token" in err
+
+
+def test_engine_must_be_one_we_know(physics: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", "--physics", str(physics), "--engine", "vLLM", "--model", MODEL]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--device", H100, "--total-gib", "80", "--ctx", "1024"])
+    assert info.value.code == 2
+    assert "invalid choice: 'vLLM'" in capsys.readouterr().err
+
+
+def test_llamacpp_plan_gives_llama_cpp_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "physics.yaml"
+    write_entries(
+        db,
+        [
+            PhysicsEntry(
+                engine="llamacpp",
+                model="llamacpp:tiny.gguf",
+                device="cpu",
+                base_bytes=GIB,
+                cost_per_token_bytes=4096.0,
+            )
+        ],
+    )
+    args = ["plan", "--physics", str(db), "--engine", "llamacpp", "--model", "llamacpp:tiny.gguf"]
+    assert (
+        main([*args, "--device", "cpu", "--total-gib", "8", "--used-gib", "0", "--ctx", "4096"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "llama-server: -c 4096" in out
+    assert "ollama" not in out.lower() and "num_ctx" not in out
+
+
+def test_inverse_is_capped_at_max_position_embeddings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "hidden_size": 256,
+                "torch_dtype": "bfloat16",
+                "max_position_embeddings": 4096,
+            }
+        )
+    )
+    save_file({"w": np.zeros((1024, 1024), dtype=np.float16)}, str(folder / "model.safetensors"))
+    args = ["plan", "--physics", str(tmp_path / "none.yaml"), "--engine", "vllm"]
+    args += ["--model", "vl_org/tiny", "--device", "GPU X", "--total-gib", "24", "--used-gib", "0"]
+    doc = run_json(capsys, [*args, "--budget-gib", "20", "--hf-config", str(folder)])
+    assert (doc["ctx"], doc["max_context"], doc["fits"]) == (4096, 4096, True)
+    assert any("maximum context of 4096" in m for m in doc["messages"])

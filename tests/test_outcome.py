@@ -136,14 +136,19 @@ def test_points_become_an_entry_with_the_fit() -> None:
     out = build_outcome(records)
     assert len(out.entries) == 1
     e = out.entries[0]
-    assert e.key == ("llamacpp", "llamacpp:tiny.gguf", "cpu", "process")
+    assert e.key == ("llamacpp", "llamacpp:tiny.gguf", "cpu", e.settings_tag, "process")
+    assert e.settings == info().settings  # the run's settings key the entry
     assert e.base_bytes == pytest.approx(1e8, abs=0.1)
     assert e.cost_per_token_bytes == pytest.approx(4096.0, abs=1e-3)
     assert e.r2 == pytest.approx(1.0)
     assert e.n_points == 3
     assert e.points == ((512, 102_097_152.0), (1024, 104_194_304.0), (2048, 108_388_608.0))
     assert e.engine_starts == 3  # the benchmark ran in the 2048 start
-    assert e.theory == {"kv_bytes_per_token": 4096.0, "weights_bytes": 9_978_880}
+    assert e.theory == {
+        "kv_bytes_per_token": 4096.0,
+        "weights_bytes": 9_978_880,
+        "max_context_tokens": None,  # the model's own limit, for plan's cap, when known
+    }
     assert e.engine_version == "llamacpp 1.0"
     assert e.calibrated_at == "2026-01-01T00:00:08+00:00"  # the last point's time (2048 % 60 = 8)
     assert e.device_total_bytes == 16 * GIB
@@ -318,7 +323,8 @@ def test_engine_kv_points() -> None:
     ]
     out = build_outcome(records)
     (e,) = out.entries
-    assert e.key == ("vllm", "vl_Qwen/Qwen2.5-0.5B", "NVIDIA H100 80GB HBM3", "vllm-log")
+    assert e.key[:3] == ("vllm", "vl_Qwen/Qwen2.5-0.5B", "NVIDIA H100 80GB HBM3")
+    assert e.key[4] == "vllm-log"
     assert e.cost_per_token_bytes == 32_768.0  # 2 GiB / 65_536
     # base = measured - pool: 3 GiB and 3 GiB + 1 MiB, mean 3 GiB + 0.5 MiB
     assert e.base_bytes == 3 * GIB + MIB / 2  # 3_221_749_760

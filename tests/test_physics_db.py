@@ -11,7 +11,17 @@ import yaml
 
 from vramphysics import physics_db
 from vramphysics.errors import ConfigError
-from vramphysics.physics_db import PhysicsEntry, db_path, find, load, merge, write_entries
+from vramphysics.physics_db import (
+    PhysicsEntry,
+    db_path,
+    find,
+    load,
+    merge,
+    settings_hash,
+    settings_tag,
+    tag_matches,
+    write_entries,
+)
 
 
 def entry(
@@ -69,7 +79,8 @@ def test_round_trip_through_the_file(tmp_path: Path) -> None:
     assert got[e1.key].points == ((512, 70_246_400.0), (1024, 73_420_800.0), (2048, 77_725_696.0))
     assert isinstance(got[e1.key].points[0][0], int)
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
+    assert doc["entries"][0]["settings_tag"] == e1.settings_tag  # written for readers
     assert "bytes" in doc["units"]
     assert doc["entries"][0]["points"][0] == [512, 70_246_400.0]
 
@@ -102,13 +113,15 @@ def test_merge_replaces_only_the_same_key() -> None:
     new = [entry("m1", base=10.0), entry("m3", base=6.0)]
     merged = merge(old, new)
     by_key = {e.key: e.base_bytes for e in merged}
+    tag = "kv=default,ngl=all#" + settings_hash({"n_gpu_layers": -1})
+    assert entry().settings_tag == tag
     assert by_key == {
-        ("llamacpp", "m1", "cpu", "process"): 10.0,  # replaced
-        ("llamacpp", "m1", "cpu", "nvml"): 2.0,  # other probe kept
-        ("llamacpp", "m1", "NVIDIA A100", "process"): 3.0,  # other device kept
-        ("ollama", "m1", "cpu", "process"): 4.0,  # other engine kept
-        ("llamacpp", "m2", "cpu", "process"): 5.0,
-        ("llamacpp", "m3", "cpu", "process"): 6.0,  # added
+        ("llamacpp", "m1", "cpu", tag, "process"): 10.0,  # replaced
+        ("llamacpp", "m1", "cpu", tag, "nvml"): 2.0,  # other probe kept
+        ("llamacpp", "m1", "NVIDIA A100", tag, "process"): 3.0,  # other device kept
+        ("ollama", "m1", "cpu", tag, "process"): 4.0,  # other engine kept
+        ("llamacpp", "m2", "cpu", tag, "process"): 5.0,
+        ("llamacpp", "m3", "cpu", tag, "process"): 6.0,  # added
     }
     assert [e.key for e in merged] == sorted(e.key for e in merged)  # stable order
 
@@ -151,10 +164,10 @@ CORRUPT = [
     ("bad-yaml", "schema_version: 1\nentries:\n  - engine: [unclosed\n", 4, "corrupt physics"),
     ("no-entries-key", "schema_version: 1\n", None, "expected a mapping with 'entries'"),
     ("a-list", "- a\n- b\n", None, "expected a mapping with 'entries'"),
-    ("old-schema", "schema_version: 0\nentries: []\n", None, "schema_version 0"),
-    ("no-schema", "entries: []\n", None, "schema_version None"),
-    ("entries-not-list", "schema_version: 1\nentries: {a: 1}\n", None, "must be a list"),
-    ("entry-not-mapping", "schema_version: 1\nentries: [3]\n", None, "must be a mapping"),
+    ("old-schema", "schema_version: 0\nentries: []\n", 1, "schema_version 0"),
+    ("no-schema", "entries: []\n", 1, "schema_version None"),
+    ("entries-not-list", "schema_version: 1\nentries: {a: 1}\n", 2, "must be a list"),
+    ("entry-not-mapping", "schema_version: 1\nentries: [3]\n", 2, "must be a mapping"),
 ]
 
 
@@ -186,16 +199,18 @@ def _valid_doc_with(extra: dict[str, object] | None = None, drop: str | None = N
 
 
 @pytest.mark.parametrize(
-    ("text", "needle"),
+    ("text", "needle", "line"),
     [
-        (_valid_doc_with({"colour": "blue"}), "unknown field(s) ['colour']"),
-        (_valid_doc_with(drop="engine"), "bad entry"),
-        (_valid_doc_with(drop="base_bytes"), "bad entry"),
-        (_valid_doc_with({"cost_per_token_bytes": "lots"}), "bad entry"),
-        (_valid_doc_with({"points": [[512]]}), "bad entry"),
+        (_valid_doc_with({"colour": "blue"}), "unknown field 'colour'", "colour"),
+        (_valid_doc_with(drop="engine"), "field 'engine' is missing", None),
+        (_valid_doc_with(drop="base_bytes"), "field 'base_bytes' is missing", None),
+        (_valid_doc_with({"cost_per_token_bytes": "lots"}), "field 'cost_per_token_bytes'", "lots"),
+        (_valid_doc_with({"points": [[512]]}), "field 'points[0][1]': a value is missing", "512"),
     ],
 )
-def test_bad_entry_names_its_index(tmp_path: Path, text: str, needle: str) -> None:
+def test_bad_entry_names_its_field_index_and_line(
+    tmp_path: Path, text: str, needle: str, line: str | None
+) -> None:
     path = db_path(tmp_path)
     path.write_text(text, encoding="utf-8")
     before = path.read_bytes()
@@ -203,6 +218,13 @@ def test_bad_entry_names_its_index(tmp_path: Path, text: str, needle: str) -> No
         load(path)
     assert info.value.key == "entries[1]"
     assert needle in str(info.value)
+    assert "PhysicsEntry" not in str(info.value) and "__init__" not in str(info.value)
+    lines = text.splitlines()
+    assert info.value.line is not None
+    if line is None:  # a missing field: the line where the entry starts
+        assert lines[info.value.line - 1].startswith("- ")
+    else:  # the field's own line
+        assert line in lines[info.value.line - 1]
     with pytest.raises(ConfigError):
         write_entries(path, [entry()])
     assert path.read_bytes() == before
@@ -243,3 +265,139 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
     by_model = {e.model: e.base_bytes for e in entries}
     assert by_model["w2-m17"] == 2017.0
     assert not list(tmp_path.glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- settings (item 3)
+
+F16 = {"kv_cache_type": "f16", "num_parallel": 1, "flash_attention": None, "host": "127.0.0.1"}
+Q8 = {"kv_cache_type": "q8_0", "num_parallel": 1, "flash_attention": "1", "host": "127.0.0.1"}
+
+
+def test_settings_tag_is_readable_and_hashes_only_memory_settings() -> None:
+    assert settings_tag(Q8) == "kv=q8_0,np=1,fa=on#" + settings_hash(Q8)
+    assert settings_tag(F16).startswith("kv=f16,np=1#")
+    # host, port, launcher and where a value came from do not split physics
+    moved = {**Q8, "host": "0.0.0.0", "port": 1, "kv_cache_type_source": "config"}
+    assert settings_tag(moved) == settings_tag(Q8)
+    # llama.cpp: the flags in extra_args are read, and every extra argument counts
+    ngl = {"n_gpu_layers": -1, "extra_args": ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on"]}
+    assert settings_tag(ngl).startswith("kv=q8_0,ngl=all,fa=on,args=6#")
+    other = {"n_gpu_layers": -1, "extra_args": ["-ctk", "q8_0", "-ctv", "q8_0", "-fa", "off"]}
+    assert settings_hash(other) != settings_hash(ngl)
+    assert settings_tag({"extra_args": ["--kv-cache-dtype=fp8"]}).startswith("kv=fp8,args=1#")
+    assert settings_tag({"n_gpu_layers": 20, "extra_args": ["-ngl", "-1"]}).startswith(
+        "kv=default,ngl=all,args=2#"  # the later flag wins, as in llama.cpp
+    )
+    assert settings_tag({}) == settings_tag({"extra_args": [], "flash_attention": None})
+
+
+def test_tag_matches_parts_hash_or_whole_tag() -> None:
+    tag = settings_tag(Q8)
+    digest = tag.split("#")[1]
+    assert tag_matches(tag, "kv=q8_0")
+    assert tag_matches(tag, "kv=q8_0,fa=on")
+    assert tag_matches(tag, "#" + digest[:4])
+    assert tag_matches(tag, tag)
+    assert not tag_matches(tag, "kv=f16")
+    assert not tag_matches(tag, "kv=q8_0#ffffffff")
+
+
+def test_two_kv_dtypes_stay_side_by_side(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    f16 = dataclasses.replace(entry("ol_llama3.1:8b", engine="ollama"), settings=F16)
+    q8 = dataclasses.replace(f16, settings=Q8, cost_per_token_bytes=2100.0)
+    write_entries(path, [f16])
+    write_entries(path, [q8])  # before: same (engine, model, device, probe) replaced f16
+    got = {e.settings_tag: e.cost_per_token_bytes for e in load(path)}
+    assert got == {f16.settings_tag: 4243.022, q8.settings_tag: 2100.0}
+    write_entries(path, [dataclasses.replace(q8, cost_per_token_bytes=2000.0)])
+    got = {e.settings_tag: e.cost_per_token_bytes for e in load(path)}
+    assert got == {f16.settings_tag: 4243.022, q8.settings_tag: 2000.0}  # only its own
+
+
+def test_schema_1_file_is_migrated(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    old = entry().to_yaml_dict()
+    del old["settings_tag"]
+    path.write_text(yaml.safe_dump({"schema_version": 1, "entries": [old]}), encoding="utf-8")
+    (loaded,) = load(path)
+    assert loaded == entry()
+    assert loaded.settings_tag == "kv=default,ngl=all#" + settings_hash({"n_gpu_layers": -1})
+    write_entries(path, [entry("other")])
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert doc["schema_version"] == 2
+    assert [e["settings_tag"] for e in doc["entries"]] == [loaded.settings_tag] * 2
+
+
+def test_settings_tag_that_disagrees_with_the_settings_is_refused(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    d = entry().to_yaml_dict()
+    d["settings_tag"] = "kv=q8_0#00000000"
+    path.write_text(yaml.safe_dump({"schema_version": 2, "entries": [d]}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="does not match the entry's settings") as info:
+        load(path)
+    assert info.value.line is not None
+    assert "settings_tag" in path.read_text().splitlines()[info.value.line - 1]
+
+
+def test_the_same_key_twice_is_refused(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    d = entry().to_yaml_dict()
+    path.write_text(yaml.safe_dump({"schema_version": 2, "entries": [d, d]}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"repeats entries\[0\]") as info:
+        load(path)
+    assert info.value.key == "entries[1]"
+
+
+# --------------------------------------------------------------------------- by hand (item 12)
+
+HAND = """schema_version: 2
+entries:
+  - engine: vllm
+    model: Qwen/Qwen2.5-7B-Instruct
+    device: NVIDIA GeForce RTX 5090
+    base_bytes: 17.5e9
+    cost_per_token_bytes: 57344
+    calibrated_at: 2025-06-01
+"""
+
+
+def test_an_entry_written_by_hand_needs_only_what_plan_needs(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    path.write_text(HAND, encoding="utf-8")
+    (e,) = load(path)
+    assert (e.engine, e.device, e.base_bytes, e.cost_per_token_bytes) == (
+        "vllm",
+        "NVIDIA GeForce RTX 5090",
+        17.5e9,
+        57344.0,
+    )
+    assert (e.probe, e.points, e.n_points, e.engine_starts, e.r2) == ("manual", (), 0, 0, None)
+    assert e.calibrated_at == "2025-06-01"  # an unquoted date typed by hand
+    assert e.settings_tag.startswith("kv=default#")
+    write_entries(path, [entry()])  # and it survives a merge
+    assert len(load(path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "on_line"),
+    [
+        ("    cost_per_token_bytes: 57344\n", "", "field 'cost_per_token_bytes' is missing", 3),
+        ("    base_bytes: 17.5e9\n", "", "field 'base_bytes' is missing", 3),
+        ("base_bytes: 17.5e9", "base_bytes: true", "field 'base_bytes': expected a number", 6),
+        ("base_bytes: 17.5e9", "base_bytes: lots", "field 'base_bytes': ", 6),
+        ("device: NVIDIA", "gpu: NVIDIA", "unknown field 'gpu'", 5),
+        ("base_bytes: 17.5e9", "base_bytes: .inf", "field 'base_bytes': ", 6),
+    ],
+)
+def test_hand_entry_errors_name_field_entry_and_line(
+    tmp_path: Path, old: str, new: str, needle: str, on_line: int
+) -> None:
+    path = db_path(tmp_path)
+    path.write_text(HAND.replace(old, new), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert f"{path}:{on_line}: entries[0]: " in message
+    assert needle in message
+    assert "__init__" not in message and "positional argument" not in message

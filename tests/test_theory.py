@@ -261,10 +261,80 @@ def test_head_dim_null_falls_back_to_hidden_over_heads() -> None:
     assert theory_from_hf_config(cfg).k_head_dim == 4096 // 32 == 128
 
 
-def test_float32_checkpoint_costs_4_bytes_and_says_vllm_downcasts() -> None:
-    t = theory_from_hf_config(hf("llama-3.1-8b") | {"torch_dtype": "float32"})
-    assert t.kv_bytes_per_token == 262_144
-    assert any("16-bit" in n for n in t.notes)
+def test_float32_checkpoint_is_served_in_16_bits_by_vllm(tmp_path: Path) -> None:
+    cfg = hf("llama-3.1-8b") | {"torch_dtype": "float32"}
+    # vLLM's --dtype auto serves float32 in 16 bits: 32 x 8 x (128 + 128) x 2 bytes
+    assert theory_from_hf_config(cfg).kv_bytes_per_token == 131_072
+    assert any("16 bits" in n for n in theory_from_hf_config(cfg).notes)
+    # served in 32 bits only when asked
+    assert theory_from_hf_config(cfg, dtype="float32").kv_bytes_per_token == 262_144
+    # an explicit cache dtype is kept
+    assert theory_from_hf_config(cfg, kv_dtype="f32").kv_bytes_per_token == 262_144
+    # weights: float tensors at 2 bytes per value, integer ones as stored
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file(
+        {
+            "w": np.zeros((100, 16), dtype=np.float32),  # 1600 values: 6400 stored, 3200 served
+            "idx": np.zeros(10, dtype=np.int64),  # 80 bytes either way
+        },
+        str(folder / "model.safetensors"),
+    )
+    assert theory_from_hf_config(cfg, weights_dir=folder).weights_bytes == 3200 + 80
+    assert theory_from_hf_config(cfg, weights_dir=folder, dtype="float32").weights_bytes == 6480
+    bf16 = hf("llama-3.1-8b") | {"torch_dtype": "bfloat16"}
+    assert theory_from_hf_config(bf16, weights_dir=folder).weights_bytes == 6480  # as stored
+    with pytest.raises(ConfigError, match="unknown dtype 'float8x'"):
+        theory_from_hf_config(cfg, dtype="float8x")
+
+
+def test_max_position_embeddings_is_the_models_maximum_context() -> None:
+    assert theory_from_hf_config(hf("llama-3.1-8b")).max_context_tokens == 131_072
+    assert (
+        theory_from_hf_config(
+            hf("llama-3.1-8b") | {"max_position_embeddings": None}
+        ).max_context_tokens
+        is None
+    )
+
+
+DEEPSEEK_V2_LITE_GGUF = {
+    "general.architecture": "deepseek2",
+    "deepseek2.block_count": 27,
+    "deepseek2.context_length": 163_840,
+    "deepseek2.embedding_length": 2048,
+    "deepseek2.attention.head_count": 16,
+    "deepseek2.attention.kv_lora_rank": 512,
+    "deepseek2.rope.dimension_count": 64,
+}
+# converted before llama.cpp's MLA support: full K (128 + 64) and V (128) per head
+OLD_MLA = DEEPSEEK_V2_LITE_GGUF | {
+    "deepseek2.attention.head_count_kv": 16,
+    "deepseek2.attention.key_length": 192,
+    "deepseek2.attention.value_length": 128,
+}
+# converted for MLA: one KV head of key_length 512 + 64, with the per-head lengths as *_mla
+NEW_MLA = DEEPSEEK_V2_LITE_GGUF | {
+    "deepseek2.attention.head_count_kv": 1,
+    "deepseek2.attention.key_length": 576,
+    "deepseek2.attention.value_length": 512,
+    "deepseek2.attention.key_length_mla": 192,
+    "deepseek2.attention.value_length_mla": 128,
+}
+
+
+@pytest.mark.parametrize("meta", [OLD_MLA, NEW_MLA], ids=["old-conversion", "mla-conversion"])
+def test_gguf_mla_caches_one_latent_per_layer(meta: dict[str, Any]) -> None:
+    t = theory_from_ollama_show(meta)  # bare GGUF keys: the GGUF path
+    # 27 layers x (kv_lora_rank 512 + RoPE 64) x 2 bytes, not 27 x 16 x (192 + 128) x 2
+    assert t.kv_bytes_per_token == 27 * 576 * 2 == 31_104
+    assert (t.attention, t.k_head_dim, t.v_head_dim) == ("mla", 576, 0)
+    assert t.max_context_tokens == 163_840
+    assert any("multi-head latent attention" in n for n in t.notes)
+    assert any("key_length_mla" in n for n in t.notes) == (meta is OLD_MLA)
+    no_rope = {k: v for k, v in meta.items() if k != "deepseek2.rope.dimension_count"}
+    if meta is NEW_MLA:  # the RoPE part from key_length - kv_lora_rank
+        assert theory_from_ollama_show(no_rope).kv_bytes_per_token == 31_104
 
 
 def test_linear_attention_layers_are_not_counted_per_token() -> None:

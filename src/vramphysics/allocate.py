@@ -7,10 +7,15 @@ Pure functions over plain values; no I/O. Everything rests on one line,
 measured by a calibration (`PhysicsEntry`, source "calibrated") or, when the device was never
 calibrated, worked out from model metadata (`Theory`, source "theory": weights + KV cache only).
 
-vLLM takes a fraction of the device's TOTAL memory (`--gpu-memory-utilization`), and memory that
-other processes hold counts against that fraction, so a plan is refused when
-`utilization x total` exceeds what is free. Ollama and llama.cpp allocate what they need, so
-their verdict is `required + margin x total <= free`.
+Two rules, one per kind of engine (`memory_kind`):
+- preallocated (vLLM): the engine takes a fraction of the device's TOTAL memory up front
+  (`--gpu-memory-utilization`), and memory other processes hold counts against that fraction,
+  so a plan is refused when `utilization x total` exceeds what is free (`plan_preallocated`);
+- on demand (Ollama, llama.cpp): the engine allocates what it needs, so the verdict is
+  `required + margin x total <= free` (`plan_on_demand`).
+
+A calibration is chosen by its memory settings too (`settings`: a tag like `kv=q8_0` or its
+hash); a model calibrated with several settings is never planned from one picked silently.
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from vramphysics.errors import ConfigError
-from vramphysics.physics_db import PhysicsEntry
+from vramphysics.physics_db import PhysicsEntry, tag_matches
 from vramphysics.theory import Theory
+
+if TYPE_CHECKING:
+    from vramphysics.probes import GpuInfo
+
+MemoryKind = Literal["preallocated", "on_demand"]
 
 GIB = 2**30
 # Most direct first: vLLM's own KV figure, its log, then memory seen from outside.
@@ -33,6 +43,13 @@ MAX_UTIL = 0.98
 VLLM_BLOCK_TOKENS = 16  # vLLM's default KV block: a sequence occupies whole blocks
 SHEET_CONTEXTS: tuple[int, ...] = (4096, 8192, 16384, 32768, 131072)
 SHEET_UTILIZATION = 0.9
+_PREALLOCATING_ENGINES = frozenset({"vllm"})
+
+
+def memory_kind(engine: str) -> MemoryKind:
+    """How an engine takes memory: `preallocated` (vLLM reserves utilization x total up front)
+    or `on_demand` (Ollama, llama.cpp allocate what the context needs)."""
+    return "preallocated" if engine in _PREALLOCATING_ENGINES else "on_demand"
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,8 @@ class Physics:
     probe: str | None = None
     upper_bound: bool = False
     messages: tuple[str, ...] = ()
+    settings_tag: str | None = None  # the calibration's memory settings
+    max_context_tokens: int | None = None  # the model's own limit (max position embeddings)
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,7 @@ class Plan:
     probe: str | None = None
     upper_bound: bool = False
     messages: tuple[str, ...] = ()
+    settings_tag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -94,11 +114,52 @@ class SheetRow:
     margin: float
     utilization: tuple[tuple[int, float | None], ...]  # (ctx, util); None: does not fit
     max_context_at_90: int  # largest ctx with --gpu-memory-utilization 0.9
+    settings_tag: str = ""  # the calibration's memory settings
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["utilization"] = {str(c): u for c, u in self.utilization}
         return d
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The memory a start can use: the GPUs it is pinned to, the name physics is keyed by,
+    and the total and free bytes that bind (the smallest GPU's)."""
+
+    name: str
+    total_bytes: int
+    free_bytes: int
+    gpu_indices: tuple[int, ...] = ()
+
+
+def device_memory(
+    visible: Sequence[GpuInfo],
+    pinned: tuple[int, ...] | None,
+    assume_free_bytes: int | None = None,
+) -> DeviceMemory | None:
+    """The device figures of a start pinned to `pinned` (None: every visible GPU; (): none).
+
+    vLLM applies its utilization to each GPU's own total, so with several GPUs the smallest
+    total (and the smallest free figure) binds; its name keys the physics. `assume_free_bytes`
+    replaces the free figure (and stands in for the total without a GPU). None when nothing
+    is known: no GPU figures and no assumption, or a pinned GPU that is not visible.
+    """
+    chosen = [g for g in visible if pinned is None or g.index in pinned]
+    if pinned is not None and len(chosen) != len(set(pinned)):
+        chosen = []  # a pinned GPU NVML does not show: its figures are unknown
+    if not chosen:
+        if assume_free_bytes is None:
+            return None
+        return DeviceMemory("cpu", assume_free_bytes, assume_free_bytes)
+    binding = min(chosen, key=lambda g: (g.total_bytes, g.index))
+    free = min(g.free_bytes for g in chosen)
+    return DeviceMemory(
+        name=binding.name,
+        total_bytes=binding.total_bytes,
+        free_bytes=free if assume_free_bytes is None else assume_free_bytes,
+        gpu_indices=tuple(g.index for g in chosen),
+    )
 
 
 # --------------------------------------------------------------------------- the formula
@@ -127,7 +188,7 @@ def vllm_utilization(
 
     Rounded up because a user pastes it into `--gpu-memory-utilization`, and it must not
     under-allocate. A value clamped at `max_util` does not hold `required`: check the raw
-    figure (`plan_vllm` refuses such a plan).
+    figure (`plan_preallocated` refuses such a plan).
     """
     if total_bytes <= 0:
         raise ValueError(f"total_bytes must be > 0, got {total_bytes}")
@@ -146,22 +207,37 @@ def max_context(budget_bytes: float, base_bytes: float, cost_per_token_bytes: fl
 # --------------------------------------------------------------------------- calibrated or theory
 
 
-def select_physics(
+def _on_device(
     entries: Iterable[PhysicsEntry], engine: str, model: str, device: str
-) -> PhysicsEntry | None:
-    """The calibration of this engine and model on THIS device, best probe first; else None.
+) -> list[PhysicsEntry]:
+    return [e for e in entries if e.engine == engine and e.model == model and e.device == device]
 
-    An entry measured on another device is never returned: the caller falls back to theory.
-    """
-    own = [e for e in entries if e.engine == engine and e.model == model and e.device == device]
-    if not own:
-        return None
 
+def _best_probe(entries: Sequence[PhysicsEntry]) -> PhysicsEntry:
     def rank(e: PhysicsEntry) -> tuple[int, float]:
         order = PROBE_PREFERENCE.index(e.probe) if e.probe in PROBE_PREFERENCE else 99
         return (order, -(e.r2 if e.r2 is not None else -1.0))
 
-    return min(own, key=rank)
+    return min(entries, key=rank)
+
+
+def select_physics(
+    entries: Iterable[PhysicsEntry],
+    engine: str,
+    model: str,
+    device: str,
+    settings: str | None = None,
+) -> PhysicsEntry | None:
+    """The calibration of this engine and model on THIS device, best probe first; else None.
+
+    `settings` narrows to the calibrations whose settings tag matches (a full tag, `#hash`, or
+    parts like `kv=q8_0`); None takes any settings (prefer `resolve_physics`, which refuses to
+    choose between different settings). An entry measured on another device is never returned.
+    """
+    own = _on_device(entries, engine, model, device)
+    if settings is not None:
+        own = [e for e in own if tag_matches(e.settings_tag, settings)]
+    return _best_probe(own) if own else None
 
 
 def calibrated_devices(entries: Iterable[PhysicsEntry], engine: str, model: str) -> list[str]:
@@ -169,7 +245,15 @@ def calibrated_devices(entries: Iterable[PhysicsEntry], engine: str, model: str)
     return sorted({e.device for e in entries if e.engine == engine and e.model == model})
 
 
+def settings_tags(
+    entries: Iterable[PhysicsEntry], engine: str, model: str, device: str
+) -> list[str]:
+    """The settings tags this engine and model were calibrated with on `device`."""
+    return sorted({e.settings_tag for e in _on_device(entries, engine, model, device)})
+
+
 def physics_from_entry(entry: PhysicsEntry) -> Physics:
+    max_tokens = entry.theory.get("max_context_tokens")
     return Physics(
         source="calibrated",
         base_bytes=float(entry.base_bytes),
@@ -178,8 +262,11 @@ def physics_from_entry(entry: PhysicsEntry) -> Physics:
         model=entry.model,
         device=entry.device,
         probe=entry.probe,
+        settings_tag=entry.settings_tag,
+        max_context_tokens=int(max_tokens) if isinstance(max_tokens, int) else None,
         messages=(
-            f"calibrated on {entry.device} ({entry.probe}, {entry.n_points} points"
+            f"calibrated on {entry.device} with settings {entry.settings_tag} ({entry.probe}, "
+            f"{entry.n_points} points"
             + (f", r2 {entry.r2:.4f}" if entry.r2 is not None else "")
             + ")",
         ),
@@ -205,8 +292,38 @@ def physics_from_theory(theory: Theory, n_seq: int | None = None) -> Physics:
         base_bytes=float(theory.weights_bytes),
         cost_per_token_bytes=theory.kv_bytes_per_token * seqs,
         upper_bound=theory.upper_bound,
+        max_context_tokens=theory.max_context_tokens,
         messages=tuple(messages),
     )
+
+
+def _choose_entry(
+    own: Sequence[PhysicsEntry], engine: str, model: str, device: str, settings: str | None
+) -> tuple[PhysicsEntry | None, str]:
+    """The entry to plan from, or None and why none (an error when settings are ambiguous)."""
+    tags = sorted({e.settings_tag for e in own})
+    if not own:
+        return None, f"{engine} / {model} was never calibrated on {device}"
+    if settings is not None:
+        matching = [e for e in own if tag_matches(e.settings_tag, settings)]
+        if not matching:
+            return None, (
+                f"no calibration of {engine} / {model} on {device} has settings {settings!r} "
+                f"(calibrated with: {'; '.join(tags)})"
+            )
+        found = sorted({e.settings_tag for e in matching})
+        if len(found) > 1:
+            raise ConfigError(
+                f"settings {settings!r} match {len(found)} calibrations of {engine} / {model} "
+                f"on {device}: {'; '.join(found)}; name one by more settings or its #hash"
+            )
+        return _best_probe(matching), ""
+    if len(tags) > 1:
+        raise ConfigError(
+            f"{engine} / {model} was calibrated on {device} with {len(tags)} different "
+            f"settings: {'; '.join(tags)}; choose one (e.g. --settings kv=q8_0 or its #hash)"
+        )
+    return _best_probe(own), ""
 
 
 def resolve_physics(
@@ -215,21 +332,26 @@ def resolve_physics(
     model: str,
     device: str,
     theory: Theory | None = None,
+    settings: str | None = None,
 ) -> Physics:
-    """Calibrated physics for this device when there is some; else theory, saying why."""
+    """Calibrated physics for this device and settings when there is some; else theory, saying
+    why. Several calibrations with different settings and no `settings` is a ConfigError that
+    lists their tags: the plan never picks one silently."""
     entries = list(entries)
-    entry = select_physics(entries, engine, model, device)
-    if entry is not None:
-        return physics_from_entry(entry)
-    others = calibrated_devices(entries, engine, model)
-    why = (
-        f"calibrated on {', '.join(others)}, not {device}; using theory"
-        if others
-        else f"{engine} / {model} was never calibrated on {device}; using theory"
+    entry, why_not = _choose_entry(
+        _on_device(entries, engine, model, device), engine, model, device, settings
     )
+    if entry is not None:
+        phys = physics_from_entry(entry)
+        if phys.max_context_tokens is None and theory is not None:
+            phys = dataclasses.replace(phys, max_context_tokens=theory.max_context_tokens)
+        return phys
+    others = [d for d in calibrated_devices(entries, engine, model) if d != device]
+    if others and not _on_device(entries, engine, model, device):
+        why_not = f"calibrated on {', '.join(others)}, not {device}"
     if theory is None:
         raise ConfigError(
-            why.replace("; using theory", "")
+            why_not
             + ": give the model's metadata (HF config, GGUF or Ollama show) for a theory estimate"
         )
     physics = physics_from_theory(theory)
@@ -238,7 +360,7 @@ def resolve_physics(
         engine=engine,
         model=model,
         device=device,
-        messages=(why, *physics.messages),
+        messages=(why_not + "; using theory", *physics.messages),
     )
 
 
@@ -272,11 +394,27 @@ def with_messages(plan: Plan, messages: Sequence[str]) -> Plan:
 
 def _check_device(total_bytes: int, used_by_others_bytes: int, margin: float) -> None:
     if total_bytes <= 0:
-        raise ValueError(f"total_bytes must be > 0, got {total_bytes}")
+        raise ConfigError(f"the device total must be > 0 bytes, got {total_bytes}")
     if used_by_others_bytes < 0:
-        raise ValueError(f"used_by_others_bytes must be >= 0, got {used_by_others_bytes}")
+        raise ConfigError(f"memory used by others must be >= 0 bytes, got {used_by_others_bytes}")
     if not 0 <= margin < 1:
-        raise ValueError(f"margin must be in [0, 1), got {margin}")
+        raise ConfigError(f"the margin must be in [0, 1), got {margin}")
+
+
+def _check_physics(phys: Physics) -> None:
+    """Figures no plan can be made from are a ConfigError naming where they came from."""
+    cost = phys.cost_per_token_bytes
+    if not (math.isfinite(cost) and cost > 0) or not math.isfinite(phys.base_bytes):
+        where = (
+            f"the calibration of {phys.engine} / {phys.model} on {phys.device} "
+            f"({phys.settings_tag}, {phys.probe})"
+            if phys.source == "calibrated"
+            else f"the {phys.source} physics"
+        )
+        raise ConfigError(
+            f"{where} has base {phys.base_bytes} bytes and cost {cost} bytes per token: "
+            "the cost per token must be a number > 0 (memory must grow with the context)"
+        )
 
 
 def _plan(
@@ -304,12 +442,71 @@ def _plan(
         cost_per_token_bytes=phys.cost_per_token_bytes,
         probe=phys.probe,
         upper_bound=phys.upper_bound,
+        settings_tag=phys.settings_tag,
         messages=tuple(messages),
         **verdict,
     )
 
 
-def plan_vllm(
+def _cap_at_model(longest: int, phys: Physics, messages: list[str]) -> int:
+    """The model's own maximum context bounds every context a plan names; say so when it does."""
+    limit = phys.max_context_tokens
+    if limit is not None and longest > limit:
+        messages.append(
+            f"capped at the model's maximum context of {limit} tokens "
+            f"(max position embeddings); memory alone would hold {longest}"
+        )
+        return limit
+    return longest
+
+
+def _preallocated_verdict(
+    base: float, cost: float, ctx: int, total: int, free: int, margin: float, max_util: float
+) -> tuple[float, float, str | None]:
+    """(raw utilization, rounded utilization, why refused or None) of the forward rule."""
+    req = required_bytes(base, cost, ctx)
+    raw = req / total + margin
+    util = vllm_utilization(req, total, margin, max_util=max_util)
+    if raw > max_util:
+        return (
+            raw,
+            util,
+            (
+                f"refused: ctx {ctx} needs {_gib(req)} + margin = {raw:.3f} of the device, above "
+                f"the {max_util} cap"
+            ),
+        )
+    if util * total > free:
+        return (
+            raw,
+            util,
+            (
+                f"refused: vLLM would reserve {util:.3f} x {_gib(total)} = {_gib(util * total)}, "
+                f"but only {_gib(free)} is free ({_gib(total - free)} used by other processes)"
+            ),
+        )
+    return raw, util, None
+
+
+def longest_preallocated(
+    base: float, cost: float, total: int, free: int, margin: float, max_util: float = MAX_UTIL
+) -> int:
+    """The longest context the forward rule accepts, with its utilization ROUNDED as printed.
+
+    The rounded utilization must stay within `max_util` and within the free memory, so the
+    budget is the largest 3-decimal utilization both allow, less the margin.
+    """
+    cap = min(max_util, free / total)
+    util_cap = math.floor(round(cap * 1000, 6)) / 1000
+    if util_cap < MIN_UTIL:
+        return 0
+    ctx = max_context((util_cap - margin) * total, base, cost)
+    while ctx > 0 and _preallocated_verdict(base, cost, ctx, total, free, margin, max_util)[2]:
+        ctx -= 1  # float noise at the boundary: step down to a context the check accepts
+    return ctx
+
+
+def plan_preallocated(
     source: PhysicsEntry | Theory | Physics,
     *,
     total_bytes: int,
@@ -322,36 +519,43 @@ def plan_vllm(
     device: str | None = None,
     max_util: float = MAX_UTIL,
 ) -> Plan:
-    """Forward (ctx -> utilization) or inverse (budget -> longest context) plan for vLLM.
+    """Forward (ctx -> utilization) or inverse (budget -> longest context) plan for an engine
+    that reserves `utilization x total` up front (vLLM).
 
     Forward: `utilization = required/total + margin`, rounded up; refused when it passes
-    `max_util` or when `utilization x total` exceeds the free memory
-    (`total - used_by_others`). Inverse: the longest context the budget holds,
-    `floor((budget - base) / cost)` (the budget is the model's memory; the margin is added on
-    top, in the utilization of the forward plan for that context).
+    `max_util` or when `utilization x total` exceeds the free memory (`total - used_by_others`).
+    Inverse: the longest context the budget holds, `floor((budget - base) / cost)`, no longer
+    than what the forward rule accepts on this device nor the model's own maximum, so the
+    context it names always passes the forward check with the utilization it prints.
     """
     if (ctx is None) == (budget_bytes is None):
         raise ValueError("give exactly one of ctx and budget_bytes")
     if ctx is not None and ctx <= 0:
-        raise ValueError(f"ctx must be > 0, got {ctx}")
+        raise ConfigError(f"the context must be > 0 tokens, got {ctx}")
     _check_device(total_bytes, used_by_others_bytes, margin)
     phys = _as_physics(source)
+    _check_physics(phys)
     base, cost = phys.base_bytes, phys.cost_per_token_bytes
     free = total_bytes - used_by_others_bytes
     messages = list(phys.messages)
-    ceiling = min(free, max_util * total_bytes)
-    longest = max_context(ceiling - margin * total_bytes, base, cost)
+    longest = longest_preallocated(base, cost, total_bytes, free, margin, max_util)
+    longest = _cap_at_model(longest, phys, messages)
 
     if budget_bytes is not None:
         inverse_ctx = max_context(budget_bytes, base, cost)
-        if budget_bytes > free:
+        if phys.max_context_tokens is not None:
+            inverse_ctx = min(inverse_ctx, phys.max_context_tokens)
+        if inverse_ctx > longest:
             messages.append(
-                f"the budget {_gib(budget_bytes)} is more than the {_gib(free)} free "
+                f"the budget {_gib(budget_bytes)} would hold {inverse_ctx} tokens, but with the "
+                f"margin only {longest} fit in the {_gib(free)} free "
                 f"({_gib(used_by_others_bytes)} used by other processes)"
             )
+            inverse_ctx = longest
         if inverse_ctx == 0:
             messages.append(
-                f"refused: the budget {_gib(budget_bytes)} does not even hold the base {_gib(base)}"
+                f"refused: the budget {_gib(budget_bytes)} and the {_gib(free)} free do not "
+                f"hold the base {_gib(base)} and a context"
             )
             return _plan(
                 phys,
@@ -374,23 +578,18 @@ def plan_vllm(
 
     assert ctx is not None
     req = required_bytes(base, cost, ctx)
-    raw = req / total_bytes + margin
-    util = vllm_utilization(req, total_bytes, margin, max_util=max_util)
-    fits = True
-    if raw > max_util:
-        fits = False
+    _raw, util, refused = _preallocated_verdict(
+        base, cost, ctx, total_bytes, free, margin, max_util
+    )
+    if refused:
+        messages.append(refused)
+    if phys.max_context_tokens is not None and ctx > phys.max_context_tokens:
         messages.append(
-            f"refused: ctx {ctx} needs {_gib(req)} + margin = {raw:.3f} of the device, above "
-            f"the {max_util} cap"
+            f"ctx {ctx} is beyond the model's maximum context of {phys.max_context_tokens} "
+            "tokens (vLLM refuses a --max-model-len above it)"
         )
-    elif util * total_bytes > free:
-        fits = False
-        messages.append(
-            f"refused: vLLM would reserve {util:.3f} x {_gib(total_bytes)} = "
-            f"{_gib(util * total_bytes)}, but only {_gib(free)} is free "
-            f"({_gib(used_by_others_bytes)} used by other processes)"
-        )
-    if fits and budget_bytes is None:
+        refused = refused or "beyond the model's maximum"
+    if not refused and budget_bytes is None:
         messages.append(f"up to {longest} tokens would fit in the memory free now")
     kv_ctx = math.ceil(ctx / VLLM_BLOCK_TOKENS) * VLLM_BLOCK_TOKENS
     return _plan(
@@ -407,11 +606,11 @@ def plan_vllm(
         gpu_memory_utilization=util,
         kv_cache_memory_bytes=math.ceil(kv_ctx * cost),
         max_context=longest,
-        fits=fits,
+        fits=refused is None,
     )
 
 
-def plan_ollama(
+def plan_on_demand(
     source: PhysicsEntry | Theory | Physics,
     *,
     total_bytes: int,
@@ -419,23 +618,33 @@ def plan_ollama(
     budget_bytes: float | None = None,
     used_by_others_bytes: int = 0,
     margin: float = 0.05,
-    engine: str = "ollama",
+    engine: str = "llamacpp",
     model: str | None = None,
     device: str | None = None,
 ) -> Plan:
-    """Guardrail for engines that allocate what they need (Ollama, llama.cpp).
+    """Verdict for engines that allocate what they need (Ollama, llama.cpp).
 
     `fits` = required + margin x total <= free; `max_context` = the longest context that fits
-    in the free memory (or in `budget_bytes`, when smaller). Without `ctx`, fits says whether
-    any context fits.
+    in the free memory (or in `budget_bytes`, when smaller), no longer than the model's own
+    maximum. Without `ctx`, fits says whether any context fits.
     """
     _check_device(total_bytes, used_by_others_bytes, margin)
+    if ctx is not None and ctx <= 0:
+        raise ConfigError(f"the context must be > 0 tokens, got {ctx}")
     phys = _as_physics(source)
+    _check_physics(phys)
     base, cost = phys.base_bytes, phys.cost_per_token_bytes
     free = total_bytes - used_by_others_bytes
     room = free if budget_bytes is None else min(free, budget_bytes)
-    longest = max_context(room - margin * total_bytes, base, cost)
     messages = list(phys.messages)
+
+    def passes(c: int) -> bool:
+        return required_bytes(base, cost, c) + margin * total_bytes <= room
+
+    longest = max_context(room - margin * total_bytes, base, cost)
+    while longest > 0 and not passes(longest):
+        longest -= 1  # float noise at the boundary
+    longest = _cap_at_model(longest, phys, messages)
     if ctx is None:
         ctx = longest or None
         fits = longest > 0
@@ -444,12 +653,17 @@ def plan_ollama(
             messages.append(f"refused: the base {_gib(base)} + margin does not fit in {_gib(room)}")
     else:
         req = required_bytes(base, cost, ctx)
-        fits = req + margin * total_bytes <= room
+        fits = passes(ctx)
         if not fits:
             messages.append(
                 f"refused: ctx {ctx} needs {_gib(req)} + margin {_gib(margin * total_bytes)}, "
                 f"but only {_gib(room)} is available "
                 f"({_gib(used_by_others_bytes)} used by other processes)"
+            )
+        if phys.max_context_tokens is not None and ctx > phys.max_context_tokens:
+            messages.append(
+                f"ctx {ctx} is beyond the model's maximum context of {phys.max_context_tokens} "
+                "tokens: the engine may accept it, but the model was not trained for it"
             )
     messages.append(f"up to {longest} tokens fit in {_gib(room)}")
     return _plan(
@@ -468,6 +682,34 @@ def plan_ollama(
         max_context=longest,
         fits=fits,
     )
+
+
+def plan_for(
+    source: PhysicsEntry | Theory | Physics,
+    *,
+    engine: str,
+    total_bytes: int,
+    ctx: int | None = None,
+    budget_bytes: float | None = None,
+    used_by_others_bytes: int = 0,
+    margin: float = 0.05,
+    model: str | None = None,
+    device: str | None = None,
+) -> Plan:
+    """The plan by the engine's memory kind: `plan_preallocated` or `plan_on_demand`."""
+    common: dict[str, Any] = dict(
+        total_bytes=total_bytes,
+        ctx=ctx,
+        budget_bytes=budget_bytes,
+        used_by_others_bytes=used_by_others_bytes,
+        margin=margin,
+        engine=engine,
+        model=model,
+        device=device,
+    )
+    if memory_kind(engine) == "preallocated":
+        return plan_preallocated(source, **common)
+    return plan_on_demand(source, **common)
 
 
 # --------------------------------------------------------------------------- command lines
@@ -547,15 +789,16 @@ def plan_sheet_rows(
     utilization: float = SHEET_UTILIZATION,
     best_probe_only: bool = True,
 ) -> list[SheetRow]:
-    """Per calibrated entry: the utilization for each context and the longest context at 90%.
+    """Per calibrated entry (one per settings): the utilization for each context and the
+    longest context at 90%.
 
     A device's total comes from `device_totals`, else from the entry; entries whose device
     total is unknown are left out. "Longest context at 90%" uses the same rule as the plans:
     `floor(((utilization - margin) x total - base) / cost)`.
     """
     entries = list(entries)
-    if best_probe_only:
-        keys = sorted({(e.engine, e.model, e.device) for e in entries})
+    if best_probe_only:  # one row per engine, model, device and settings
+        keys = sorted({(e.engine, e.model, e.device, e.settings_tag) for e in entries})
         chosen = [select_physics(entries, *k) for k in keys]
         picked = [e for e in chosen if e is not None]
     else:
@@ -584,6 +827,7 @@ def plan_sheet_rows(
                 max_context_at_90=max_context(
                     (utilization - margin) * total, e.base_bytes, e.cost_per_token_bytes
                 ),
+                settings_tag=e.settings_tag,
             )
         )
     return rows

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     """`estimate`, `plan` and `inspect-log`: read files, print figures, start nothing."""
     from vramphysics.physics_db import DB_FILENAME
+    from vramphysics.setups import ENGINES
     from vramphysics.theory import KV_DTYPES
 
     def add_model_metadata(p: argparse.ArgumentParser, *, required: bool) -> None:
@@ -112,6 +113,13 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
             default="auto",
             metavar="T",
             help=f"KV-cache dtype, one of {', '.join(KV_DTYPES)} (default: auto, the model's)",
+        )
+        p.add_argument(
+            "--dtype",
+            default="auto",
+            metavar="T",
+            help="vLLM's --dtype for an HF config (default: auto, which serves a float32 "
+            "checkpoint in 16 bits)",
         )
         p.add_argument(
             "--num-parallel",
@@ -140,9 +148,20 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help=f"physics database (default calibration/{DB_FILENAME})",
     )
-    p_plan.add_argument("--engine", required=True, help="vllm, ollama or llamacpp")
+    p_plan.add_argument(
+        "--engine",
+        required=True,
+        choices=ENGINES,
+        help="the engine: vllm reserves memory up front, ollama and llamacpp on demand",
+    )
     p_plan.add_argument("--model", required=True, metavar="ID", help="model ID as calibrated")
     p_plan.add_argument("--device", required=True, metavar="NAME", help="GPU name as calibrated")
+    p_plan.add_argument(
+        "--settings",
+        metavar="TAG",
+        help="the calibration's memory settings, when the model was calibrated with several: "
+        "parts of its tag (kv=q8_0 or kv=q8_0,np=1), its #hash, or the whole tag",
+    )
     p_plan.add_argument(
         "--total-gib",
         type=float,
@@ -205,6 +224,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         ollama_show=args.ollama_show,
         kv_dtype=args.kv_dtype,
         num_parallel=args.num_parallel,
+        dtype=args.dtype,
     )
     n_seq = args.num_parallel
     kv = theory.kv_bytes(args.ctx, n_seq) if args.ctx is not None else None
@@ -241,164 +261,10 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    """A plan for one engine, model and device; exits 0 even when the plan is refused."""
-    import json
-    import os
-    import shlex
+    """A plan for one engine, model, device and settings (see cli_plan)."""
+    from vramphysics.cli_plan import cmd_plan
 
-    from vramphysics import allocate, physics_db
-    from vramphysics.errors import ConfigError
-    from vramphysics.theory import Theory, load_theory
-
-    def nvml_memory(device: str) -> tuple[tuple[int, int] | None, str]:
-        """(total, used) of the GPU named `device`, and a sentence saying what NVML said."""
-        import pynvml
-
-        try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as exc:
-            return None, f"NVML unavailable ({exc})"
-        try:
-            names = []
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-                raw = pynvml.nvmlDeviceGetName(handle)
-                name = raw.decode() if isinstance(raw, bytes) else str(raw)
-                names.append(name)
-                if name == device:
-                    mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                    total_b, used_b = int(mem.total), int(mem.used)
-                    return (total_b, used_b), (
-                        f"NVML: GPU {i} ({name}) has {allocate.format_bytes(used_b)} of "
-                        f"{allocate.format_bytes(total_b)} in use, counted as used by others"
-                    )
-            return None, f"NVML: no GPU named {device!r} (found: {', '.join(names) or 'none'})"
-        except pynvml.NVMLError as exc:
-            return None, f"NVML unavailable ({exc})"
-        finally:
-            pynvml.nvmlShutdown()
-
-    for flag, value in (("--total-gib", args.total_gib), ("--used-gib", args.used_gib)):
-        if value is not None and value < 0:
-            raise ConfigError(f"must be >= 0, got {value}", key=flag)
-    if not 0 <= args.margin < 1:
-        raise ConfigError(f"must be in [0, 1), got {args.margin}", key="--margin")
-    if args.ctx is not None and args.ctx <= 0:
-        raise ConfigError(f"must be a positive number of tokens, got {args.ctx}", key="--ctx")
-    gib = allocate.GIB
-    entries = physics_db.load(args.physics)
-    entry = allocate.select_physics(entries, args.engine, args.model, args.device)
-    theory: Theory | None = None
-    if args.hf_config or args.gguf or args.ollama_show:
-        theory = load_theory(
-            hf_config=args.hf_config,
-            gguf=args.gguf,
-            ollama_show=args.ollama_show,
-            kv_dtype=args.kv_dtype,
-            num_parallel=args.num_parallel,
-        )
-    if entry is None and theory is None:
-        others = allocate.calibrated_devices(entries, args.engine, args.model)
-        where = f"only on {', '.join(others)}" if others else "on no device"
-        raise ConfigError(
-            f"{args.engine} / {args.model} was calibrated {where}, not on {args.device}: "
-            "give --hf-config, --gguf or --ollama-show for a theory estimate",
-            path=args.physics,
-        )
-    physics = allocate.resolve_physics(entries, args.engine, args.model, args.device, theory)
-
-    device_messages: list[str] = []
-    total = round(args.total_gib * gib) if args.total_gib is not None else None
-    if total is None and entry is not None and entry.device_total_bytes:
-        total = int(entry.device_total_bytes)
-        device_messages.append(f"device total {allocate.format_bytes(total)} from the calibration")
-    used = round(args.used_gib * gib) if args.used_gib is not None else None
-    if total is None or used is None:
-        nvml, said = nvml_memory(args.device)
-        device_messages.append(said)
-        if nvml is not None:
-            total = nvml[0] if total is None else total
-            used = nvml[1] if used is None else used
-    if total is None:
-        raise ConfigError("the device's memory is unknown: give it", key="--total-gib")
-    if used is None:
-        used = 0
-        device_messages.append("memory used by other processes unknown: taken as 0")
-
-    budget = args.budget_gib * gib if args.budget_gib is not None else None
-    common = dict(
-        total_bytes=total,
-        used_by_others_bytes=used,
-        margin=args.margin,
-        engine=args.engine,
-        model=args.model,
-        device=args.device,
-    )
-    if args.engine == "vllm":
-        plan = allocate.plan_vllm(physics, ctx=args.ctx, budget_bytes=budget, **common)
-    else:
-        plan = allocate.plan_ollama(physics, ctx=args.ctx, budget_bytes=budget, **common)
-    plan = allocate.with_messages(plan, device_messages)
-
-    command: list[str] | None = None
-    docker: list[str] | None = None
-    if plan.fits and args.engine == "vllm":
-        hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
-        command = allocate.vllm_command(
-            plan, args.model, port=args.port, kv_cache_bytes=args.kv_cache_bytes
-        )
-        docker = allocate.docker_command(
-            plan, args.model, hf_cache=hf_home, kv_cache_bytes=args.kv_cache_bytes
-        )
-    supports: bool | None = None
-    if args.engine == "vllm":
-        from vramphysics.engines.vllm import installed_flag_support
-
-        version, supports = installed_flag_support()
-        plan = allocate.with_messages(
-            plan,
-            [
-                "no vLLM installed here: check `vllm serve --help` for --kv-cache-memory-bytes"
-                if version is None
-                else f"the installed vLLM {version} "
-                + ("accepts" if supports else "does not accept")
-                + " --kv-cache-memory-bytes"
-            ],
-        )
-    if args.json:
-        doc = plan.to_dict()
-        doc.update(command=command, docker_command=docker, kv_cache_memory_bytes_supported=supports)
-        print(json.dumps(doc, indent=2))
-        return 0
-
-    verdict = "FITS" if plan.fits else "REFUSED"
-    print(f"{verdict}: {plan.engine} / {plan.model} on {plan.device} ({plan.source} physics)")
-    print(
-        f"device:   {allocate.format_bytes(plan.total_bytes)} total, "
-        f"{allocate.format_bytes(plan.used_by_others_bytes)} used by others, "
-        f"{allocate.format_bytes(plan.free_bytes)} free; margin {plan.margin:g}"
-    )
-    print(
-        f"physics:  {allocate.format_bytes(plan.base_bytes)} + ctx x "
-        f"{allocate.format_bytes(plan.cost_per_token_bytes)}"
-    )
-    if plan.ctx is not None and plan.required_bytes is not None:
-        print(f"ctx {plan.ctx}: needs {allocate.format_bytes(plan.required_bytes)}")
-    if plan.gpu_memory_utilization is not None:
-        print(f"--gpu-memory-utilization {plan.gpu_memory_utilization:.3f}")
-    if plan.max_context is not None:
-        print(f"longest context: {plan.max_context} tokens")
-    for message in plan.messages:
-        print(f"- {message}")
-    if command is not None and docker is not None:
-        print(f"command:  {shlex.join(command)}")
-        print(f"docker:   {shlex.join(docker)}")
-    elif args.engine != "vllm" and plan.fits and plan.ctx is not None:
-        print(
-            f"ollama:   request option num_ctx={plan.ctx} "
-            f"(server default: OLLAMA_CONTEXT_LENGTH={plan.ctx})"
-        )
-    return 0
+    return cmd_plan(args)
 
 
 def _configure_logging(debug: bool) -> None:

@@ -158,6 +158,7 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
                     theory={
                         "kv_bytes_per_token": theory.get("kv_bytes_per_token") if theory else None,
                         "weights_bytes": theory.get("weights_bytes") if theory else None,
+                        "max_context_tokens": theory.get("max_context_tokens") if theory else None,
                     },
                     engine_version=mpoints[-1].engine_version,
                     calibrated_at=mpoints[-1].at,

@@ -28,7 +28,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vramphysics import __version__, physics_db
-from vramphysics.allocate import plan_ollama, resolve_physics
+from vramphysics.allocate import (
+    DeviceMemory,
+    device_memory,
+    memory_kind,
+    plan_for,
+    resolve_physics,
+)
 from vramphysics.bench import throughput
 from vramphysics.calibrate import measure_point
 from vramphysics.config import Config, load_config
@@ -346,46 +352,54 @@ def _one_start(
         engine.stop()
 
 
-def _device_memory(run: _Run) -> tuple[str, int, int] | None:
-    """(device name, total bytes, free bytes) of the device a start will land on, if known."""
+def _device_memory(run: _Run, gpus: tuple[int, ...] | None) -> DeviceMemory | None:
+    """Name, total and free memory of the GPUs a start is pinned to (`gpus`; None: all
+    visible), if known; `guardrail.assume_free_gib` stands in for NVML's free figure."""
     g = run.cfg.guardrail
-    gpus = nvml_status().gpus if run.nvml.available else ()
-    gpu = next((x for x in gpus if x.index == run.cfg.probes.gpu_index), None)
-    if g.assume_free_gib is not None:
-        free = int(g.assume_free_gib * GIB)
-        return (gpu.name if gpu else "cpu", gpu.total_bytes if gpu else free, free)
-    if gpu is None:
-        return None
-    return gpu.name, gpu.total_bytes, gpu.free_bytes
+    visible = nvml_status().gpus if run.nvml.available else ()
+    assume = int(g.assume_free_gib * GIB) if g.assume_free_gib is not None else None
+    return device_memory(visible, gpus, assume_free_bytes=assume)
 
 
 def _guardrail(run: _Run, engine: Engine, spec: ModelSpec, ctx: int, theory: Theory | None) -> bool:
-    """Warn (and skip, when configured) before a start predicted not to fit in free memory."""
+    """Warn (and skip, when configured) before a start predicted not to fit in free memory,
+    by the engine's rule: vLLM reserves utilization x total up front, the others allocate
+    what they need. The prediction comes from the calibration with the engine's settings."""
     if not run.cfg.guardrail.enabled:
         return True
-    memory = _device_memory(run)
+    memory = _device_memory(run, engine.gpu_indices())
     if memory is None:
         return True  # no device memory figure: nothing to compare with
-    device, total, free = memory
+    device, total, free = memory.name, memory.total_bytes, memory.free_bytes
     entries = physics_db.load(physics_db.db_path(run.cfg.paths.calibration_dir))
+    settings = engine.settings()
+    tag = physics_db.settings_tag(settings)
+    # what a pre-allocating engine adds to the need when it sizes its utilization
+    margin = float(settings.get("utilization_margin") or 0.0)
     try:
-        physics = resolve_physics(entries, engine.name, spec.key, device, theory)
+        physics = resolve_physics(entries, engine.name, spec.key, device, theory, settings=tag)
     except ConfigError as exc:
         log.debug("%s: no prediction for the guardrail: %s", spec.raw, exc)
         return True
     try:
-        plan = plan_ollama(
-            physics, total_bytes=total, ctx=ctx, used_by_others_bytes=total - free, margin=0
+        plan = plan_for(
+            physics,
+            engine=engine.name,
+            total_bytes=total,
+            ctx=ctx,
+            used_by_others_bytes=max(0, total - free),
+            margin=margin if memory_kind(engine.name) == "preallocated" else 0.0,
         )
-    except (ConfigError, ValueError) as exc:  # e.g. an entry whose cost per token is not > 0
+    except (ConfigError, ValueError) as exc:  # no physics, or figures no plan can use
         log.warning("%s: guardrail skipped: %s", spec.raw, exc)
         return True
     if plan.fits:
         return True
     skip = run.cfg.guardrail.skip_if_no_fit
+    refusal = next((m for m in reversed(plan.messages) if m.startswith("refused")), "refused")
     message = (
         f"guardrail: ctx {ctx} is predicted to need {(plan.required_bytes or 0) / GIB:.2f} GiB "
-        f"({physics.source}) but {free / GIB:.2f} GiB is free on {device}; "
+        f"({physics.source}) but {free / GIB:.2f} GiB is free on {device} ({refusal}); "
         f"the largest context that fits is {plan.max_context}" + ("; skipped" if skip else "")
     )
     log.warning("%s: %s", spec.raw, message)

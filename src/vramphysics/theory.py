@@ -145,6 +145,7 @@ class Theory:
     attention: str = "mha"  # "mha" | "gqa" | "mqa" | "mla"
     sliding_window: int | None = None
     n_seq: int = 1  # sequences the engine caches at once (Ollama's num_parallel)
+    max_context_tokens: int | None = None  # the model's own limit (max position embeddings)
 
     def kv_bytes(self, ctx: int, n_seq: int | None = None) -> float:
         """KV cache for `ctx` tokens in each of `n_seq` sequences (default: this theory's)."""
@@ -208,6 +209,7 @@ def _theory(
     sliding_window: int | None = None,
     notes: Sequence[str] = (),
     n_seq: int = 1,
+    max_context_tokens: int | None = None,
 ) -> Theory:
     bytes_per_value = _KV_DTYPES[kv_dtype][1]
     values = sum(kv_heads_per_layer) * (k_head_dim + v_head_dim)
@@ -227,7 +229,15 @@ def _theory(
         attention=attention,
         sliding_window=sliding_window,
         n_seq=n_seq,
+        max_context_tokens=max_context_tokens,
     )
+
+
+def _optional_positive_int(value: Any) -> int | None:
+    """A whole positive number, or None for anything else (absent, 0, text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return int(value) if value > 0 and value == int(value) else None
 
 
 def _positive_int(value: Any, *, path: Path | None, key: str) -> int:
@@ -329,10 +339,22 @@ def _theory_from_gguf_metadata(
     if window is not None:
         upper = True
         out_notes.append(_sliding_note(window, None, n_layers))
-    if get(f"{arch}.attention.kv_lora_rank") is not None:
-        out_notes.append(
-            "multi-head latent attention: the figure follows the key/value lengths this file "
-            "declares; how llama.cpp lays the cache out depends on its version"
+    max_tokens = _optional_positive_int(get(f"{arch}.context_length"))
+    mla = _gguf_mla(get, where, path, n_layers, kv_per_layer, k_dim, v_dim)
+    if mla is not None:
+        latent, mla_note = mla
+        return _theory(
+            source=source,
+            arch=arch,
+            kv_heads_per_layer=[1] * n_layers,
+            k_head_dim=latent,
+            v_head_dim=0,
+            kv_dtype=kv_dtype,
+            weights_bytes=weights_bytes,
+            attention="mla",
+            notes=[*out_notes, mla_note],
+            n_seq=n_seq,
+            max_context_tokens=max_tokens,
         )
     attention = _attention_kind(max(heads_per_layer), max(kv_per_layer))
     return _theory(
@@ -348,7 +370,48 @@ def _theory_from_gguf_metadata(
         sliding_window=window,
         notes=out_notes,
         n_seq=n_seq,
+        max_context_tokens=max_tokens,
     )
+
+
+def _gguf_mla(
+    get: Any,
+    where: Any,
+    path: Path | None,
+    n_layers: int,
+    kv_per_layer: Sequence[int],
+    k_dim: int,
+    v_dim: int,
+) -> tuple[int, str] | None:
+    """(latent values per layer, note) of a multi-head latent attention GGUF, else None.
+
+    llama.cpp caches one latent per layer and token: `kv_lora_rank` plus the RoPE part of the
+    key (`rope.dimension_count`), not the full K and V of every head.
+    """
+    arch = get("general.architecture")
+    rank_raw = get(f"{arch}.attention.kv_lora_rank")
+    if rank_raw is None:
+        return None
+    rank = _positive_int(rank_raw, path=path, key=where(f"{arch}.attention.kv_lora_rank"))
+    rope_raw = get(f"{arch}.rope.dimension_count")
+    if rope_raw is None:  # an MLA conversion declares key_length = kv_lora_rank + RoPE part
+        has_mla_keys = get(f"{arch}.attention.key_length_mla") is not None
+        rope = k_dim - rank if has_mla_keys and k_dim > rank else 0
+    else:
+        rope = _positive_int(rope_raw, path=path, key=where(f"{arch}.rope.dimension_count"))
+    latent = rank + rope
+    full = sum(kv_per_layer) * (k_dim + v_dim) // max(n_layers, 1)
+    note = (
+        f"multi-head latent attention: one latent of kv_lora_rank {rank} + RoPE dimension "
+        f"{rope} = {latent} values per layer (as llama.cpp caches it), not the full K+V of "
+        f"{full} values per layer"
+    )
+    if get(f"{arch}.attention.key_length_mla") is None:
+        note += (
+            "; this file has no attention.key_length_mla (converted before llama.cpp's MLA "
+            "support): a llama.cpp that cannot use MLA on it caches the full K+V"
+        )
+    return latent, note
 
 
 def _read_gguf(path: Path) -> tuple[dict[str, Any], int]:
@@ -579,17 +642,41 @@ def _sliding_layers(text: Mapping[str, Any], window: int | None, n_layers: int) 
     return n_layers  # Mistral 7B v0.1: every layer
 
 
+def _serving_dtype(model_dtype: str | None, dtype: str, notes: list[str]) -> str | None:
+    """The dtype vLLM serves the weights in: `dtype` when given, else the checkpoint's, except
+    that vLLM's `--dtype auto` serves a float32 checkpoint in 16 bits."""
+    given = dtype.strip().lower()
+    if given != "auto":
+        if given not in _KV_DTYPES:
+            raise ConfigError(
+                f"unknown dtype {dtype!r}; valid: auto, {', '.join(sorted(_KV_DTYPES))}",
+                key="dtype",
+            )
+        return given
+    if model_dtype is not None and resolve_kv_dtype("auto", model_dtype) == "f32":
+        notes.append(
+            f"{model_dtype} checkpoint: vLLM's --dtype auto serves it in 16 bits, so weights "
+            "and the auto KV cache are counted at 2 bytes per value (give --dtype float32 "
+            "for a model served in 32 bits)"
+        )
+        return "float16"
+    return model_dtype
+
+
 def theory_from_hf_config(
     config: Mapping[str, Any] | Path,
     kv_dtype: str = "auto",
     weights_dir: Path | None = None,
+    dtype: str = "auto",
 ) -> Theory:
-    """Theory from a Hugging Face `config.json` (a mapping, or the path to load).
+    """Theory from a Hugging Face `config.json` (a mapping, or the path to load), as vLLM
+    serves it.
 
     Reads the language model's part (`text_config` of vision-language models), honours an
     explicit `head_dim`, multi-head latent attention (`kv_lora_rank`) and sliding windows.
-    `auto` is the checkpoint's `torch_dtype`/`dtype` (f16 when absent). Weights come from
-    the safetensors headers in `weights_dir` when given.
+    `dtype` is vLLM's `--dtype`: `auto` serves the checkpoint's `torch_dtype`, except float32
+    which vLLM serves in 16 bits. The KV `auto` follows the served dtype (f16 when unknown).
+    Weights come from the safetensors headers in `weights_dir` when given.
     """
     path: Path | None = None
     if isinstance(config, Path):
@@ -607,23 +694,23 @@ def theory_from_hf_config(
 
     n_layers = need("num_hidden_layers")
     model_dtype = _model_dtype(cfg, text)
-    resolved = resolve_kv_dtype(kv_dtype, model_dtype)
+    served = _serving_dtype(model_dtype, dtype, notes)
+    resolved = resolve_kv_dtype(kv_dtype, served)
     if kv_dtype.strip().lower() == "auto":
-        if model_dtype is None:
+        if served is None:
             notes.append("no torch_dtype in the config: auto KV dtype taken as f16")
-        elif model_dtype.strip().lower().removeprefix("torch.") not in _MODEL_DTYPES:
-            notes.append(
-                f"torch_dtype {model_dtype!r} is not a 16/32-bit float: auto KV taken as f16"
-            )
-        elif resolved == "f32":
-            notes.append(
-                "float32 checkpoint: vLLM's --dtype auto serves it in 16-bit, halving the KV "
-                "cache; pass --kv-dtype f16 for that"
-            )
+        elif served.strip().lower().removeprefix("torch.") not in _MODEL_DTYPES:
+            notes.append(f"torch_dtype {served!r} is not a 16/32-bit float: auto KV taken as f16")
+    max_tokens = _optional_positive_int(text.get("max_position_embeddings"))
 
     weights: int | None = None
     if weights_dir is not None:
-        weights, weight_notes = _weights_from_safetensors(Path(weights_dir))
+        wide_as = (  # floating-point weights as served, when that is not as stored
+            _KV_DTYPES[resolve_kv_dtype(served)][1]
+            if served is not None and served != model_dtype
+            else None
+        )
+        weights, weight_notes = _weights_from_safetensors(Path(weights_dir), float_bytes=wide_as)
         notes.extend(weight_notes)
         if weights is None:
             notes.append(f"weights unknown: no *.safetensors in {weights_dir}")
@@ -649,6 +736,7 @@ def theory_from_hf_config(
             weights_bytes=weights,
             attention="mla",
             notes=notes,
+            max_context_tokens=max_tokens,
         )
 
     n_heads = need("num_attention_heads")
@@ -685,6 +773,7 @@ def theory_from_hf_config(
         upper_bound=n_sliding > 0,
         sliding_window=window if n_sliding else None,
         notes=notes,
+        max_context_tokens=max_tokens,
     )
 
 
@@ -717,11 +806,19 @@ def _safetensors_header(path: Path) -> Mapping[str, Any]:
     return header
 
 
-def _tensor_bytes(name: str, info: Any, *, path: Path) -> int:
+_FLOAT_CODES = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+def _tensor_bytes(name: str, info: Any, *, path: Path, float_bytes: float | None = None) -> int:
+    """Bytes of one tensor; with `float_bytes`, floating-point tensors count at that size
+    (the dtype the engine casts them to), integer and quantized ones as stored."""
     if not isinstance(info, dict) or "dtype" not in info or "shape" not in info:
         raise ConfigError("tensor entry lacks dtype/shape", path=path, key=name)
     n = math.prod(int(s) for s in info["shape"])
     size = SAFETENSORS_DTYPE_BYTES.get(str(info["dtype"]))
+    if float_bytes is not None and str(info["dtype"]) in _FLOAT_CODES:
+        _tensor_bytes(name, info, path=path)  # the stored span is still checked
+        return int(n * float_bytes)
     offsets = info.get("data_offsets")
     span = (
         int(offsets[1]) - int(offsets[0])
@@ -740,7 +837,9 @@ def _tensor_bytes(name: str, info: Any, *, path: Path) -> int:
     return nbytes
 
 
-def _weights_from_safetensors(folder: Path) -> tuple[int | None, list[str]]:
+def _weights_from_safetensors(
+    folder: Path, float_bytes: float | None = None
+) -> tuple[int | None, list[str]]:
     notes: list[str] = []
     index_path = folder / SAFETENSORS_INDEX
     if index_path.is_file():
@@ -761,12 +860,14 @@ def _weights_from_safetensors(folder: Path) -> tuple[int | None, list[str]]:
     for f in files:
         header = _safetensors_header(f)
         total += sum(
-            _tensor_bytes(name, info, path=f)
+            _tensor_bytes(name, info, path=f, float_bytes=float_bytes)
             for name, info in header.items()
             if name != "__metadata__"
         )
     declared = index.get("metadata", {}).get("total_size") if isinstance(index, dict) else None
-    if isinstance(declared, (int, float)) and int(declared) != total:
+    if float_bytes is not None:
+        notes.append(f"floating-point weights counted at {float_bytes:g} bytes per value")
+    elif isinstance(declared, (int, float)) and int(declared) != total:
         notes.append(
             f"{SAFETENSORS_INDEX} declares total_size {int(declared)} but the headers sum to "
             f"{total}; using the headers"
@@ -796,10 +897,12 @@ def load_theory(
     ollama_show: Path | None = None,
     kv_dtype: str = "auto",
     num_parallel: int = 1,
+    dtype: str = "auto",
 ) -> Theory:
     """Loader for the CLI: theory from exactly one source file.
 
-    With `hf_config`, the weights come from the safetensors files in the same folder.
+    With `hf_config`, the weights come from the safetensors files in the same folder, and
+    `dtype` is vLLM's `--dtype` (GGUF and Ollama models are served as stored).
     """
     given = [p for p in (hf_config, gguf, ollama_show) if p is not None]
     if len(given) != 1:
@@ -807,7 +910,7 @@ def load_theory(
     if hf_config is not None:
         path = Path(hf_config)
         folder = path if path.is_dir() else path.parent
-        return theory_from_hf_config(path, kv_dtype=kv_dtype, weights_dir=folder)
+        return theory_from_hf_config(path, kv_dtype=kv_dtype, weights_dir=folder, dtype=dtype)
     if gguf is not None:
         return theory_from_gguf(Path(gguf), kv_dtype=kv_dtype)
     assert ollama_show is not None

@@ -155,6 +155,10 @@ class Engine(abc.ABC):
         """Launch settings that a reader needs to reproduce a figure."""
         return {}
 
+    def gpu_indices(self) -> tuple[int, ...] | None:
+        """The GPUs a start is pinned to: None = not pinned (all visible), () = none."""
+        return None
+
     # -- one start ---------------------------------------------------------------------------
     @abc.abstractmethod
     def start(self, spec: ModelSpec, ctx: int) -> None:

@@ -1,0 +1,99 @@
+"""runner._guardrail: the engine's own rule, its pinned GPUs and its settings' calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from vramphysics import runner
+from vramphysics.config import Config, PathsConfig
+from vramphysics.physics_db import PhysicsEntry, db_path, write_entries
+from vramphysics.probes import GpuInfo, NvmlStatus
+from vramphysics.records import Record, Warning_
+from vramphysics.setups import parse_model_id
+
+GIB = 2**30
+H100 = "NVIDIA H100 80GB HBM3"
+SMALL = "NVIDIA GeForce RTX 4090"
+SPEC = parse_model_id("vl_Qwen/Qwen2.5-7B-Instruct")
+CTX = 1024
+
+
+def _gpu(index: int, name: str, total_gib: int, free_gib: int) -> GpuInfo:
+    total, free = total_gib * GIB, free_gib * GIB
+    return GpuInfo(index, name, total, total - free, free, "550.54")
+
+
+# GPU 0 (the probes' default index) is a small card with room; GPU 1 is the H100 vLLM is
+# pinned to, with 70 of its 80 GiB free.
+GPUS = (_gpu(0, SMALL, 24, 24), _gpu(1, H100, 80, 70))
+
+
+def _entry(need_gib: float, settings: dict[str, Any], engine: str = "vllm") -> PhysicsEntry:
+    cost = 131_072.0
+    return PhysicsEntry(
+        engine=engine,
+        model=SPEC.key,
+        device=H100,
+        probe="vllm-metrics",
+        base_bytes=need_gib * GIB - CTX * cost,
+        cost_per_token_bytes=cost,
+        settings=settings,
+    )
+
+
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(runner, "nvml_status", lambda: NvmlStatus(True, "ok", GPUS))
+    cfg = Config(paths=PathsConfig(calibration_dir=tmp_path))
+    records: list[Record] = []
+    return SimpleNamespace(
+        cfg=cfg, nvml=NvmlStatus(True, "ok", GPUS), record=records.append, records=records
+    )
+
+
+def _engine(name: str, settings: dict[str, Any], gpus: tuple[int, ...] | None) -> Any:
+    return SimpleNamespace(name=name, settings=lambda: settings, gpu_indices=lambda: gpus)
+
+
+VLLM_SETTINGS = {"extra_args": [], "utilization_margin": 0.05, "port": 8300}
+
+
+def test_vllm_is_checked_by_the_reserving_rule_on_its_pinned_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 68 GiB needed, 70 GiB free: an on-demand engine fits, but vLLM reserves
+    # (68 / 80 + 0.05) x 80 GiB = 72 GiB > 70 GiB, and refuses to start
+    write_entries(db_path(tmp_path), [_entry(68, VLLM_SETTINGS)])
+    run = _run(tmp_path, monkeypatch)
+    ok = runner._guardrail(run, _engine("vllm", VLLM_SETTINGS, (1,)), SPEC, CTX, None)
+    assert ok is True  # warns; skips only when configured to
+    (warning,) = [r for r in run.records if isinstance(r, Warning_)]
+    assert H100 in warning.message and "vLLM would reserve" in warning.message
+    assert warning.free_bytes == 70 * GIB
+
+
+def test_on_demand_engine_with_the_same_need_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"n_gpu_layers": -1, "extra_args": []}
+    write_entries(db_path(tmp_path), [_entry(68, settings, engine="llamacpp")])
+    run = _run(tmp_path, monkeypatch)
+    engine = _engine("llamacpp", settings, (1,))
+    assert runner._guardrail(run, engine, SPEC, CTX, None) is True
+    assert run.records == []
+
+
+def test_the_calibration_with_the_engines_settings_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q8 = {**VLLM_SETTINGS, "extra_args": ["--kv-cache-dtype", "fp8"]}
+    # the default-KV calibration needs 76 GiB, the fp8 one 40 GiB
+    write_entries(db_path(tmp_path), [_entry(76, VLLM_SETTINGS), _entry(40, q8)])
+    run = _run(tmp_path, monkeypatch)
+    assert runner._guardrail(run, _engine("vllm", q8, (1,)), SPEC, CTX, None) is True
+    assert run.records == []
+    runner._guardrail(run, _engine("vllm", VLLM_SETTINGS, (1,)), SPEC, CTX, None)
+    assert len([r for r in run.records if isinstance(r, Warning_)]) == 1
