@@ -388,3 +388,50 @@ def test_context_that_cannot_fit_is_kv_too_small(tiny_hf: Path, tmp_path: Path) 
         assert err.value.log_tail
         assert engine.root_pid() is None
         assert not psutil.pid_exists(root) or psutil.Process(root).status() == "zombie"
+
+
+def test_utilization_is_taken_on_the_pinned_gpu_with_the_matching_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpus [1]: the utilization divides by GPU 1's total (not GPU 0's), and a calibration
+    made with other settings (a q8_0 KV cache) is not used for an f16 start."""
+    from vramphysics import physics_db
+    from vramphysics.probes import GpuInfo
+
+    gpus = (
+        GpuInfo(0, "NVIDIA A", 80 * GIB, 0, 80 * GIB, "570"),
+        GpuInfo(1, "NVIDIA B", 40 * GIB, 0, 40 * GIB, "570"),
+    )
+    monkeypatch.setattr(
+        "vramphysics.engines.vllm.nvml_status", lambda: NvmlStatus(True, "ok", gpus)
+    )
+    db = tmp_path / "physics.yaml"
+    spec = parse_model_id("vl_org/m")
+    plain = VllmEngine(VllmConfig(gpus=[1]), state_dir=tmp_path, log_dir=tmp_path / "logs")
+    q8 = VllmEngine(
+        VllmConfig(gpus=[1], extra_args=["--kv-cache-dtype", "fp8"]),
+        state_dir=tmp_path,
+        log_dir=tmp_path / "logs",
+    )
+
+    def entry(settings: dict[str, object], cost: float) -> physics_db.PhysicsEntry:
+        return physics_db.PhysicsEntry(
+            engine="vllm",
+            model=spec.key,
+            device="NVIDIA B",
+            probe="vllm-metrics",
+            base_bytes=10 * GIB,
+            cost_per_token_bytes=cost,
+            settings=settings,
+        )
+
+    physics_db.write_entries(db, [entry(q8.settings(), 65536.0)])
+    plain.physics_path = db
+    util, source = plain.gpu_memory_utilization(spec, 1024)
+    assert source.startswith("default")  # only a calibration with other settings exists
+    physics_db.write_entries(db, [entry(plain.settings(), 131072.0)])
+    util, source = plain.gpu_memory_utilization(spec, 163840)  # 10 + 20 GiB of 40 GiB
+    assert source.startswith("physics database")
+    assert util == pytest.approx(30 / 40 + plain.cfg.utilization_margin)
+    plain.close()
+    q8.close()

@@ -62,11 +62,12 @@ from vramphysics.engines.vllm_log import (
     parse_metrics,
 )
 from vramphysics.errors import EngineError, SetupError
-from vramphysics.probes import GpuInfo, nvml_status
+from vramphysics.probes import nvml_status
 from vramphysics.redact import redact
 from vramphysics.setups import ModelSpec
 
 if TYPE_CHECKING:
+    from vramphysics.allocate import DeviceMemory
     from vramphysics.theory import Theory
 
 log = logging.getLogger(__name__)
@@ -300,7 +301,7 @@ class VllmEngine(Engine):
         self._client = httpx.Client(timeout=cfg.request_timeout_s)
         self._calibration: list[int] = []
         self._gpu_checked = False
-        self._gpu_info: GpuInfo | None = None
+        self._gpu_info: DeviceMemory | None = None
         self._learned: dict[str, tuple[float, float]] = {}  # model key -> (base, cost) on this GPU
         self._log_version: str | None = None
         self._reset_start()
@@ -452,14 +453,15 @@ class VllmEngine(Engine):
         )
 
     # -- memory budget of one start ----------------------------------------------------------
-    def _gpu(self) -> GpuInfo | None:
-        """The GPU vLLM's utilization refers to (None without NVML: the CPU build)."""
+    def _gpu(self) -> DeviceMemory | None:
+        """The GPU(s) vLLM's utilization refers to: those the start is pinned to, the smallest
+        binding (vLLM applies the utilization to each GPU's own total). None without NVML."""
         if not self._gpu_checked:
             self._gpu_checked = True
             if self.cfg.gpus != "none":
-                status = nvml_status()
-                index = self.cfg.gpus[0] if isinstance(self.cfg.gpus, list) and self.cfg.gpus else 0
-                self._gpu_info = next((g for g in status.gpus if g.index == index), None)
+                from vramphysics.allocate import device_memory
+
+                self._gpu_info = device_memory(nvml_status().gpus, self.gpu_indices())
         return self._gpu_info
 
     def kv_space_gib(self, ctx: int) -> int:
@@ -485,13 +487,21 @@ class VllmEngine(Engine):
         )
         return util, source
 
-    def _physics_for(self, spec: ModelSpec, gpu: GpuInfo) -> tuple[tuple[float, float], str] | None:
+    def _physics_for(
+        self, spec: ModelSpec, gpu: DeviceMemory
+    ) -> tuple[tuple[float, float], str] | None:
         key = spec.key
         if self.physics_path is not None and self.physics_path.is_file():
             from vramphysics import physics_db
             from vramphysics.allocate import select_physics
 
-            entry = select_physics(physics_db.load(self.physics_path), self.name, key, gpu.name)
+            entry = select_physics(
+                physics_db.load(self.physics_path),
+                self.name,
+                key,
+                gpu.name,
+                settings=physics_db.settings_tag(self.settings()),
+            )
             if entry is not None:
                 return (
                     entry.base_bytes,
