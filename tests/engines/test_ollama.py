@@ -253,6 +253,14 @@ def test_launch_environment_follows_the_config(tmp_path: Path) -> None:
     assert q8["OLLAMA_MODELS"] == "/m"
 
 
+def test_a_server_we_start_is_pinned_to_the_chosen_gpus(tmp_path: Path) -> None:
+    """engines.ollama.gpus reaches `ollama serve` as CUDA_VISIBLE_DEVICES; `all` leaves it alone."""
+    pinned = make_engine(tmp_path, 1, gpus=[1, 3])
+    assert pinned._launch_env()["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert pinned.gpu_indices() is None  # not our server (yet): it may use any GPU
+    assert "CUDA_VISIBLE_DEVICES" not in make_engine(tmp_path, 1)._launch_env()
+
+
 def test_quantized_cache_without_flash_attention_is_a_config_error() -> None:
     with pytest.raises(ValidationError, match="needs flash_attention"):
         OllamaConfig(kv_cache_type="q4_0", flash_attention=False)

@@ -21,10 +21,10 @@ import pytest
 from vramphysics.calibrate import measure_point
 from vramphysics.config import VllmConfig
 from vramphysics.demo_models import HF_SHAPE
+from vramphysics.engines.gpus import gpu_env
 from vramphysics.engines.vllm import (
     API_SERVER_MODULE,
     VllmEngine,
-    gpu_env,
     kv_cache_dtype,
     resolve_native_command,
     sanitize_container_name,

@@ -37,6 +37,7 @@ from vramphysics.engines.base import (
     ResidentModel,
     Usage,
 )
+from vramphysics.engines.gpus import gpu_env, pinned_indices
 from vramphysics.engines.llamacpp_log import components_from_log
 from vramphysics.engines.process import ManagedProcess
 from vramphysics.errors import EngineError
@@ -156,8 +157,14 @@ class OllamaEngine(Engine):
             env["OLLAMA_FLASH_ATTENTION"] = "1" if flash else "0"
         if self.cfg.num_parallel is not None:
             env["OLLAMA_NUM_PARALLEL"] = str(self.cfg.num_parallel)
+        env.update(gpu_env(self.cfg.gpus, docker=False))
         env.update(self.cfg.env)
         return env
+
+    def gpu_indices(self) -> tuple[int, ...] | None:
+        """The GPUs of a server we started (engines.ollama.gpus); a server someone else runs
+        may use any GPU it sees: None."""
+        return pinned_indices(self.cfg.gpus) if self._server is not None else None
 
     def _launch_server(self) -> None:
         argv = list(self.cfg.command)

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -52,6 +52,7 @@ from vramphysics.engines.base import (
     MemoryComponents,
     ResidentModel,
 )
+from vramphysics.engines.gpus import gpu_env, pinned_indices
 from vramphysics.engines.openai_compat import stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail
 from vramphysics.engines.vllm_log import (
@@ -96,28 +97,6 @@ def sanitize_container_name(text: str) -> str:
 def container_name(template: str, spec: ModelSpec) -> str:
     """`cfg.container_name` with `{model}` replaced by the model name, sanitized."""
     return sanitize_container_name(template.replace("{model}", spec.name))
-
-
-def gpu_env(gpus: Literal["all", "none"] | list[int], *, docker: bool) -> dict[str, str]:
-    """The variables that pin a start to `gpus` (NVML / nvidia-smi indices).
-
-    `all`: none (the GPUs the user's environment shows). A list: natively CUDA_VISIBLE_DEVICES,
-    with CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA numbers the GPUs as NVML does (its default
-    order is fastest first); in a container NVIDIA_VISIBLE_DEVICES, which the NVIDIA runtime
-    reads even without device requests (CUDA images set it to `all`), and no
-    CUDA_VISIBLE_DEVICES, as the container renumbers its GPUs from 0. `none`: no GPU.
-    """
-    if gpus == "all":
-        return {}
-    if docker:
-        return {"NVIDIA_VISIBLE_DEVICES": "void" if gpus == "none" else _joined(gpus)}
-    if gpus == "none":
-        return {"CUDA_VISIBLE_DEVICES": ""}
-    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": _joined(gpus)}
-
-
-def _joined(indices: Sequence[int]) -> str:
-    return ",".join(str(i) for i in indices)
 
 
 def kv_cache_dtype(extra_args: Sequence[str]) -> str:
@@ -374,10 +353,7 @@ class VllmEngine(Engine):
     def gpu_indices(self) -> tuple[int, ...] | None:
         """The GPUs each start is pinned to (NVML indices): None when not pinned (every GPU the
         environment shows), () for none (a start without a GPU)."""
-        gpus = self.cfg.gpus
-        if gpus == "all":
-            return None
-        return () if gpus == "none" else tuple(gpus)
+        return pinned_indices(self.cfg.gpus)
 
     # -- where the model is ------------------------------------------------------------------
     def hub(self) -> hf_cache.HubCache:
