@@ -276,9 +276,9 @@ class ProcessTreeProbe(Probe):
         now = time.monotonic()
         cached = self._tree
         if fresh or cached is None or cached[0] != root or now - cached[2] > self._tree_max_age_s:
-            # the exact read uses psutil's full scan: /proc/PID/task/*/children may miss a
-            # child forked during the walk, which the next walk would catch
-            pids = _psutil_tree(root) if fresh else self._walk(root)
+            # a fresh walk for the exact read; the cached one (at most tree_max_age_s old) for the
+            # series, which may miss a child forked since, for that long
+            pids = self._walk(root)
             self._tree = (root, pids, now)
             return pids
         return cached[1]
