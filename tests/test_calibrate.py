@@ -1,14 +1,24 @@
-"""The pure fit `bytes = base + ctx * cost` (calibrate.fit_linear)."""
+"""The pure fit `bytes = base + ctx * cost` (calibrate.fit_linear), the context-part error, and
+one measured start (calibrate.measure_point) with the probe its engine's report picks."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from vramphysics.calibrate import NotEnoughPoints, components_dict, fit_linear
-from vramphysics.engines.base import MemoryComponents
+from vramphysics.calibrate import (
+    NotEnoughPoints,
+    components_dict,
+    context_part_error,
+    fit_linear,
+    measure_point,
+)
+from vramphysics.engines.base import Availability, Completion, Engine, MemoryComponents
+from vramphysics.probes import DEVICE_USED, PSS, RSS, Probe, ProbeChoice
+from vramphysics.setups import ModelSpec, parse_model_id
 
 CONTEXTS = (512, 1024, 2048, 4096, 8192)
 
@@ -145,3 +155,140 @@ def test_components_dict() -> None:
     assert d["weights_bytes"] is None
     assert d["gpu_memory_utilization"] == 0.5
     assert mem.kv_bytes_per_token == 32_768.0  # 2 GiB / 64 Ki tokens
+
+
+# --------------------------------------------------------------------------- context-part error
+
+
+def test_context_part_error_sees_a_slope_error_that_the_total_hides() -> None:
+    # the demo: ~68.7 MB base, ~4.2 kB/token; a fit whose slope is 14 % low
+    base, cost = 68_700_000.0, 4_243.0
+    fit = fit_linear([(c, base + c * cost * 0.86) for c in (512, 1024, 2048, 4096)])
+    measured = base + 8192 * cost  # 103.46 MB
+    total_error = (fit.predict(8192) - measured) / measured
+    # -0.14 * 8192 * 4243 / 103.46e6 = -4.70 %: inside the old 5 % bound on the total
+    assert total_error == pytest.approx(-0.0470, abs=1e-4)
+    # (predicted - base) / (measured - base) - 1 = 0.86 - 1
+    assert context_part_error(fit, 8192, measured) == pytest.approx(-0.14)
+    with pytest.raises(ValueError, match="not above the fitted base"):
+        context_part_error(fit, 8192, base - 1)
+
+
+# --------------------------------------------------------------------------- probe per engine
+
+
+class _Engine(Engine):
+    """Starts nothing; says where its buffers live like llama.cpp's log does."""
+
+    name = "llamacpp"
+
+    def __init__(self, resident: bool | None) -> None:
+        super().__init__(state_dir=Path("."), log_dir=Path("."))
+        self.resident = resident
+        self.ctx = 0
+
+    def version(self) -> str:
+        return "fake"
+
+    def check_available(self, spec: ModelSpec) -> Availability:
+        return Availability(True, "here")
+
+    def start(self, spec: ModelSpec, ctx: int) -> None:
+        self.ctx = ctx
+
+    def wait_ready(self) -> None:
+        return None
+
+    def warm_up(self, max_tokens: int = 4) -> None:
+        return None
+
+    def complete(self, prompt: str, max_tokens: int) -> Completion:
+        raise AssertionError("not used")
+
+    def root_pid(self) -> int | None:
+        return None
+
+    def memory_report(self) -> MemoryComponents | None:
+        if self.resident is None:
+            return None
+        return MemoryComponents(source="llamacpp-log", device_resident=self.resident)
+
+    def stop(self) -> None:
+        self.ctx = 0
+
+
+class _EngineProbe(Probe):
+    """NVML watching an idle GPU (flat), or a process tree that grows 4 kB per token."""
+
+    def __init__(self, engine: _Engine, *, gpu: bool) -> None:
+        self.engine, self.gpu = engine, gpu
+        self.name = "nvml" if gpu else "process"
+        self.device = "FAKE H100" if gpu else "cpu"
+        self.series_metric = DEVICE_USED if gpu else RSS
+        self.exact_metric = None if gpu else PSS
+        self.closed = False
+
+    def read(self) -> int:
+        if self.gpu:
+            return 500 * 2**20  # what the desktop uses; the engine is not on the GPU
+        return 70_000_000 + self.engine.ctx * 4096 + 1_000_000  # RSS: a little more than PSS
+
+    def read_exact(self) -> int:
+        return 70_000_000 + self.engine.ctx * 4096
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("resident", "kept"), [(False, "process"), (True, "nvml")])
+def test_the_engine_report_picks_the_probe(resident: bool, kept: str) -> None:
+    engine = _Engine(resident)
+    made: list[ProbeChoice] = []
+
+    def make(e: Engine) -> ProbeChoice:
+        assert e is engine
+        made.append(
+            ProbeChoice(
+                (_EngineProbe(engine, gpu=True), _EngineProbe(engine, gpu=False)), "NVML or tree"
+            )
+        )
+        return made[-1]
+
+    points = []
+    for ctx in (512, 1024, 2048):
+        point, _trace, _ = measure_point(
+            engine,
+            parse_model_id("llamacpp:tiny.gguf"),
+            ctx,
+            make_probe=make,
+            interval_s=0.01,
+            settle_s=0.05,
+            warmup_tokens=1,
+        )
+        points.append(point)
+    assert all(p.closed for c in made for p in c.probes)
+    assert {p.probe for p in points} == {kept}
+    fit = fit_linear([(p.ctx, p.measured_bytes) for p in points])
+    if kept == "process":
+        assert "host memory" in points[0].probe_reason
+        assert points[0].metric == PSS and points[0].peak_metric == RSS
+        assert points[0].device == "cpu" and points[0].baseline_bytes == 0
+        assert fit.cost_per_token_bytes == pytest.approx(4096)  # from the PSS reads
+    else:
+        assert "on the GPU" in points[0].probe_reason and points[0].metric == DEVICE_USED
+        assert fit.cost_per_token_bytes == pytest.approx(0.0)  # the flat GPU of item 18
+
+
+def test_a_single_probe_still_works_as_before() -> None:
+    engine = _Engine(False)
+    point, trace, _ = measure_point(
+        engine,
+        parse_model_id("llamacpp:tiny.gguf"),
+        1024,
+        make_probe=lambda e: _EngineProbe(engine, gpu=False),
+        interval_s=0.01,
+        settle_s=0.0,
+        warmup_tokens=1,
+    )
+    assert point.probe == "process" and point.measured_bytes == 70_000_000 + 1024 * 4096
+    assert trace.exact_bytes and point.probe_reason == "process"

@@ -2,7 +2,8 @@
 
 `fit_linear` is a pure function over (ctx, bytes) pairs. `measure_point` drives one engine start:
 launch at `ctx`, wait until ready, warm up, sample the steady memory, and leave the engine running
-for the caller to benchmark or stop.
+for the caller to benchmark or stop. When several probes are recorded through the start (NVML and
+the process tree), the engine's own report of where its buffers live picks the one kept.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 from scipy import stats
 
 from vramphysics.engines.base import Engine, MemoryComponents
-from vramphysics.probes import MemoryTrace, Probe, Recorder
+from vramphysics.probes import MemoryTrace, Probe, ProbeChoice
+from vramphysics.recorder import Recorder, pick_trace
 from vramphysics.records import CalibrationPoint
 from vramphysics.setups import ModelSpec
 
@@ -100,29 +102,48 @@ def measure_point(
     spec: ModelSpec,
     ctx: int,
     *,
-    make_probe: Callable[[Engine], Probe],
+    make_probe: Callable[[Engine], Probe | ProbeChoice],
     interval_s: float,
     settle_s: float,
     warmup_tokens: int,
 ) -> tuple[CalibrationPoint, MemoryTrace, StartTimes]:
-    """Start `engine` fresh at `ctx`, warm it up, record its steady memory. Leaves it running."""
-    recorder = Recorder(make_probe(engine), interval_s)
-    recorder.baseline()
-    t0 = time.monotonic()
-    engine.start(spec, ctx)
-    recorder.start()
+    """Start `engine` fresh at `ctx`, warm it up, record its steady memory. Leaves it running.
+
+    `make_probe` gives one probe, or a `ProbeChoice` of probes recorded together; then the
+    engine's `memory_report().device_resident` decides which one the point keeps, and the point
+    says why (`probe_reason`).
+    """
+    made = make_probe(engine)
+    choice = made if isinstance(made, ProbeChoice) else ProbeChoice((made,), made.name)
+    recorders = [Recorder(p, interval_s) for p in choice.probes]
     try:
+        for r in recorders:
+            r.baseline()
+        t0 = time.monotonic()
+        engine.start(spec, ctx)
+        for r in recorders:
+            r.start()
         engine.wait_ready()
         t_ready = time.monotonic()
         engine.warm_up(warmup_tokens)
         t_warm = time.monotonic()
-        recorder.mark()
+        for r in recorders:
+            r.mark()
         time.sleep(settle_s)
         engine.check_alive()
     finally:
-        trace = recorder.stop()
-        recorder.probe.close()
+        traces = [r.stop() for r in recorders]
+        for r in recorders:
+            r.probe.close()
     mem = engine.memory_report()
+    trace, reason = pick_trace(
+        traces,
+        choice.reason,
+        device_resident=None if mem is None else mem.device_resident,
+        source=mem.source if mem is not None else engine.name,
+    )
+    if len(traces) > 1:
+        log.info("%s ctx=%d: measured with %s", spec.raw, ctx, reason)
     point = CalibrationPoint(
         model=spec.raw,
         engine=engine.name,
@@ -136,5 +157,21 @@ def measure_point(
         ready_s=round(t_ready - t0, 3),
         engine_version=engine.version(),
         engine_components=components_dict(mem),
+        metric=trace.steady_metric,
+        peak_metric=trace.series_metric,
+        probe_reason=reason + (f"; {trace.note}" if trace.note else ""),
     )
     return point, trace, StartTimes(launch_s=t0, ready_s=t_ready - t0, warmup_s=t_warm - t_ready)
+
+
+def context_part_error(fit: Fit, ctx: int, measured_bytes: float) -> float:
+    """The relative error of a prediction on the part that depends on the context:
+    (predicted - base) against (measured - base). An error on the total hides a wrong slope
+    behind a large base; this one does not."""
+    grown = measured_bytes - fit.base_bytes
+    if grown <= 0:
+        raise ValueError(
+            f"measured {measured_bytes:.0f} B at ctx {ctx} is not above the fitted base "
+            f"{fit.base_bytes:.0f} B: no context-dependent part to compare"
+        )
+    return (fit.predict(ctx) - measured_bytes) / grown

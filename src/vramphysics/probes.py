@@ -1,24 +1,43 @@
-"""Memory probes: NVML (device memory) and the engine's process tree (psutil), sampled in a thread.
+"""Memory probes: NVML (device memory) and the engine's process tree, sampled in a thread.
 
-Every figure we write names the probe that produced it:
-- `nvml`: device used memory of one GPU (what really limits what fits), minus the baseline taken
-  before the engine started; per-process figures where the driver reports them.
-- `process`: the unique set size (USS) summed over every process of the engine's tree, so pages
-  shared between a server's processes count once (RSS would count them again per process).
+Every figure we write names the probe and the metric that produced it:
+- `nvml`: device used memory of the GPUs the engine is pinned to (all GPUs NVML sees when it is
+  not pinned), minus the baseline taken before the engine started (metric `device-used`).
+- `process`: the engine's process tree (Linux `/proc`). Two metrics, because the exact one is
+  costly: the 50 ms series and the peak use RSS (`/proc/PID/statm`, a fraction of a millisecond
+  for the tree; pages shared between the tree's processes count once per process), and the steady
+  value uses PSS (`/proc/PID/smaps_rollup`), read a few times after the warm-up mark: each shared
+  page is split between the processes that map it, so summed over the tree it counts once. When PSS
+  cannot be read for one process of the tree, the steady value is the RSS median and the probe is
+  labelled `process-rss`: a metric never changes under the same label.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
 log = logging.getLogger(__name__)
+
+DEVICE_USED = "device-used"  # NVML: memory used on the device(s)
+RSS = "rss"  # resident set size summed over the process tree
+PSS = "pss"  # proportional set size summed over the process tree
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class ProbeReadError(Exception):
+    """One reading failed (the driver or a process answered with an error); the run goes on."""
+
+
+class MetricDenied(Exception):
+    """The exact metric cannot be read for a process of the tree (permissions)."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +48,12 @@ class Sample:
 
 @dataclass(frozen=True)
 class MemoryTrace:
-    """One recording: the series, the baseline before the engine, its steady value and peak."""
+    """One recording: the series, the baseline before the engine, its steady value and peak.
+
+    `probe` is the label every figure carries (`nvml`, `process`, or `process-rss` when the exact
+    metric was denied); `series_metric` is what the samples and the peak measure, `steady_metric`
+    what the steady value measures (`exact_bytes` holds the exact reads it is the median of).
+    """
 
     probe: str
     device: str
@@ -39,6 +63,11 @@ class MemoryTrace:
     steady_bytes: int
     peak_bytes: int
     per_process_bytes: dict[int, int] = field(default_factory=dict)
+    series_metric: str = ""
+    steady_metric: str = ""
+    exact_bytes: tuple[int, ...] = ()
+    errors: int = 0
+    note: str = ""  # why the steady metric is not the probe's exact one, when it is not
 
     @property
     def attributed_bytes(self) -> int:
@@ -124,13 +153,32 @@ def _gpu_processes(pynvml: object, handle: object) -> list[tuple[int, int | None
     return sorted(out.items())
 
 
+def device_label(names: Sequence[str]) -> str:
+    """The device a figure belongs to: the GPU's name, `2x NAME` for several alike, else the names
+    joined with ` + `."""
+    if len(set(names)) == 1:
+        return names[0] if len(names) == 1 else f"{len(names)}x {names[0]}"
+    return " + ".join(names)
+
+
 class Probe:
-    """Something that reads a memory figure now. Subclasses set `name` and `device`."""
+    """Something that reads a memory figure now. Subclasses set `name`, `device` and metrics.
+
+    `read()` is the cheap reading behind the series and the peak (`series_metric`); a probe whose
+    cheap reading is not exact sets `exact_metric` and implements `read_exact()`, which the
+    recorder calls only a few times after the warm-up mark.
+    """
 
     name = "probe"
     device = "unknown"
+    series_metric = "unknown"
+    exact_metric: str | None = None
 
     def read(self) -> int:
+        raise NotImplementedError
+
+    def read_exact(self) -> int:
+        """The exact metric now; MetricDenied when it cannot be read for the whole tree."""
         raise NotImplementedError
 
     def per_process(self) -> dict[int, int]:
@@ -140,66 +188,179 @@ class Probe:
         """Release handles."""
 
 
+def _walk_children(root: int) -> list[int]:
+    """The root and its descendants from `/proc/PID/task/TID/children`: no scan of every process
+    on the machine (psutil's `children()` reads `/proc/*/stat` of all of them)."""
+    out, seen, i = [root], {root}, 0
+    while i < len(out):
+        pid = out[i]
+        i += 1
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # gone since its parent listed it
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                    kids = [int(x) for x in fh.read().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread ended
+            out.extend(k for k in kids if k not in seen)
+            seen.update(kids)
+    return out
+
+
+def _psutil_tree(root: int) -> list[int]:
+    try:
+        return [root, *(c.pid for c in psutil.Process(root).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _has_proc_children() -> bool:
+    return os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
+
+
+def _rss_bytes(pid: int) -> int | None:
+    """Resident set size from `/proc/PID/statm` (RssAnon + RssFile + RssShmem); None when gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE_BYTES
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _pss_bytes(pid: int) -> int | None:
+    """Proportional set size from `/proc/PID/smaps_rollup`; None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            text = fh.read()
+    except PermissionError as exc:
+        raise MetricDenied(f"PSS of pid {pid} is not readable: {exc.strerror}") from exc
+    except (FileNotFoundError, ProcessLookupError):
+        if not os.path.exists(f"/proc/{pid}"):
+            return None
+        try:  # a kernel before 4.14 has no smaps_rollup: psutil sums smaps
+            return int(psutil.Process(pid).memory_full_info().pss)
+        except psutil.NoSuchProcess:
+            return None
+        except psutil.AccessDenied as exc:
+            raise MetricDenied(f"PSS of pid {pid} is not readable: {exc}") from exc
+    for line in text.splitlines():
+        if line.startswith(b"Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0  # a zombie has no mappings
+
+
 class ProcessTreeProbe(Probe):
-    """USS (falling back to RSS) summed over a process and all its descendants."""
+    """RSS (cheap, for the series) and PSS (exact, for the steady value) summed over a process
+    and all its descendants. Linux only (`/proc`)."""
 
     name = "process"
     device = "cpu"
+    series_metric = RSS
+    exact_metric = PSS
 
-    def __init__(self, root_pid: Callable[[], int | None]) -> None:
+    def __init__(self, root_pid: Callable[[], int | None], *, tree_max_age_s: float = 0.5) -> None:
         self._root_pid = root_pid
+        self._tree_max_age_s = tree_max_age_s
+        self._walk = _walk_children if _has_proc_children() else _psutil_tree
+        self._tree: tuple[int, list[int], float] | None = None  # (root, pids, when)
         self._last: dict[int, int] = {}
+        self._last_exact: dict[int, int] = {}
+
+    def _pids(self, *, fresh: bool) -> list[int]:
+        root = self._root_pid()
+        if root is None:
+            return []
+        now = time.monotonic()
+        cached = self._tree
+        if fresh or cached is None or cached[0] != root or now - cached[2] > self._tree_max_age_s:
+            # a fresh walk for the exact read; the cached one (at most tree_max_age_s old) for the
+            # series, which may miss a child forked since, for that long
+            pids = self._walk(root)
+            self._tree = (root, pids, now)
+            return pids
+        return cached[1]
 
     def read(self) -> int:
-        pid = self._root_pid()
-        if pid is None:
-            return 0
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        per: dict[int, int] = {}
-        for p in procs:
-            try:
-                try:
-                    per[p.pid] = int(p.memory_full_info().uss)
-                except psutil.AccessDenied:
-                    per[p.pid] = int(p.memory_info().rss)
-            except (psutil.NoSuchProcess, psutil.ZombieProcess):
-                continue
+        per = {}
+        for pid in self._pids(fresh=False):
+            rss = _rss_bytes(pid)
+            if rss is not None:
+                per[pid] = rss
         self._last = per
         return sum(per.values())
 
+    def read_exact(self) -> int:
+        per = {}
+        for pid in self._pids(fresh=True):
+            pss = _pss_bytes(pid)
+            if pss is not None:
+                per[pid] = pss
+        self._last_exact = per
+        return sum(per.values())
+
     def per_process(self) -> dict[int, int]:
-        return dict(self._last)
+        """The last exact reading per process (PSS), else the last cheap one (RSS)."""
+        return dict(self._last_exact or self._last)
 
 
 class NvmlProbe(Probe):
-    """Used memory of one NVIDIA GPU, and per-process usage where the driver reports it."""
+    """Used memory summed over the given NVIDIA GPUs (NVML indices; None: every GPU NVML sees),
+    and per-process usage where the driver reports it."""
 
     name = "nvml"
+    series_metric = DEVICE_USED
 
-    def __init__(self, index: int = 0) -> None:
-        pynvml = _nvml()
+    def __init__(self, indices: int | Sequence[int] | None = None) -> None:
+        pynvml: Any = _nvml()  # the module, untyped
         if pynvml is None:
-            raise RuntimeError("nvidia-ml-py is not installed")
+            raise ProbeReadError("nvidia-ml-py is not installed")
         self._nv = pynvml
-        pynvml.nvmlInit()  # type: ignore[attr-defined]
-        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)  # type: ignore[attr-defined]
-        self.device = _text(pynvml.nvmlDeviceGetName(self._handle))  # type: ignore[attr-defined]
-        self.total_bytes = int(pynvml.nvmlDeviceGetMemoryInfo(self._handle).total)  # type: ignore[attr-defined]
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise ProbeReadError(f"NVML unavailable: {exc}") from exc
+        wanted = "all" if indices is None else indices
+        try:
+            if indices is None:
+                indices = range(pynvml.nvmlDeviceGetCount())
+            self.indices = (indices,) if isinstance(indices, int) else tuple(indices)
+            if not self.indices:
+                raise ProbeReadError("NVML lists no GPU")
+            self._handles = tuple(pynvml.nvmlDeviceGetHandleByIndex(i) for i in self.indices)
+            self.device = device_label([_text(pynvml.nvmlDeviceGetName(h)) for h in self._handles])
+            self.total_bytes = sum(
+                int(pynvml.nvmlDeviceGetMemoryInfo(h).total) for h in self._handles
+            )
+        except pynvml.NVMLError as exc:
+            pynvml.nvmlShutdown()
+            raise ProbeReadError(f"NVML GPU(s) {wanted}: {exc}") from exc
+        except ProbeReadError:
+            pynvml.nvmlShutdown()
+            raise
 
     def read(self) -> int:
-        return int(self._nv.nvmlDeviceGetMemoryInfo(self._handle).used)  # type: ignore[attr-defined]
+        try:
+            return sum(int(self._nv.nvmlDeviceGetMemoryInfo(h).used) for h in self._handles)
+        except self._nv.NVMLError as exc:
+            raise ProbeReadError(f"NVML read failed: {exc}") from exc
 
     def per_process(self) -> dict[int, int]:
-        return {
-            pid: used for pid, used in _gpu_processes(self._nv, self._handle) if used is not None
-        }
+        out: dict[int, int] = {}
+        for h in self._handles:
+            for pid, used in _gpu_processes(self._nv, h):
+                if used is not None:
+                    out[pid] = out.get(pid, 0) + used
+        return out
 
     def close(self) -> None:
-        self._nv.nvmlShutdown()  # type: ignore[attr-defined]
+        self._nv.nvmlShutdown()
+
+
+def _gpus_text(indices: Sequence[int]) -> str:
+    return f"GPU {indices[0]}" if len(indices) == 1 else f"GPUs {', '.join(map(str, indices))}"
 
 
 def choose_probe(
@@ -208,118 +369,52 @@ def choose_probe(
     gpu_index: int = 0,
     status: NvmlStatus | None = None,
 ) -> tuple[Probe, str]:
-    """NVML when a GPU answers (unless `process` is preferred), else the process tree.
+    """The run's default probe: NVML when a GPU answers (unless `process` is preferred), else the
+    process tree. Each start then chooses its own (`probes_for`, `pick_trace`).
 
     `status`: an NVML status already taken (the runner queries it once per run).
     Returns the probe and a sentence saying why it was chosen.
     """
-    if prefer in ("auto", "nvml"):
-        status = status if status is not None else nvml_status()
-        if status.available and status.gpus:
-            return NvmlProbe(gpu_index), f"NVML on GPU {gpu_index}"
-        if prefer == "nvml":
-            log.warning(
-                "NVML requested but unavailable (%s); using the process tree", status.reason
-            )
-        return ProcessTreeProbe(root_pid), f"process tree ({status.reason})"
-    return ProcessTreeProbe(root_pid), "process tree (configured)"
+    choice = probes_for(prefer, root_pid, (gpu_index,), status)
+    for extra in choice.probes[1:]:
+        extra.close()
+    return choice.probes[0], choice.reason
 
 
-class Recorder:
-    """Samples a probe in a background thread from `start()` until `stop()`.
+@dataclass(frozen=True)
+class ProbeChoice:
+    """The probes recorded through one start and why; `pick_trace` keeps one after the start."""
 
-    `mark()` notes a moment (e.g. the end of the warm-up); the steady value is the median of the
-    samples after the last mark, so start-up transients do not count, and the peak is the highest
-    sample of the whole recording.
-    """
+    probes: tuple[Probe, ...]
+    reason: str
 
-    def __init__(self, probe: Probe, interval_s: float) -> None:
-        self.probe = probe
-        self.interval_s = interval_s
-        self._samples: list[Sample] = []
-        self._mark_t: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._t0 = 0.0
-        self._baseline = 0
-        self._lock = threading.Lock()
-        self.errors = 0
 
-    def baseline(self) -> int:
-        """Read the probe once before the engine starts (NVML: memory used by others)."""
-        self._baseline = self.probe.read() if self.probe.name == "nvml" else 0
-        return self._baseline
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="memory-probe", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample_now()
-            self._stop.wait(self.interval_s)
-
-    def sample_now(self) -> None:
+def probes_for(
+    prefer: str,
+    root_pid: Callable[[], int | None],
+    gpu_indices: Sequence[int] | None,
+    status: NvmlStatus | None = None,
+) -> ProbeChoice:
+    """The probes for one start. `auto` with a GPU answering records NVML on `gpu_indices` (None:
+    every GPU NVML sees) and the process tree together, so the engine's own report of where its
+    buffers live can decide after the start; `nvml` / `process` force one."""
+    if prefer == "process":
+        return ProbeChoice((ProcessTreeProbe(root_pid),), "process tree (configured)")
+    status = status if status is not None else nvml_status()
+    reason = status.reason
+    if status.available and status.gpus:
         try:
-            value = self.probe.read()
-        except (psutil.Error, OSError) as exc:
-            self.errors += 1
-            log.debug("probe read failed: %s", exc)
-            return
-        with self._lock:
-            self._samples.append(Sample(time.monotonic() - self._t0, value))
-
-    def mark(self) -> None:
-        with self._lock:
-            self._mark_t = time.monotonic() - self._t0
-
-    def stop(self) -> MemoryTrace:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.sample_now()
-        with self._lock:
-            samples = tuple(self._samples)
-            mark = self._mark_t
-        return summarize(
-            samples,
-            probe=self.probe.name,
-            device=self.probe.device,
-            interval_s=self.interval_s,
-            baseline_bytes=self._baseline,
-            mark_t_s=mark,
-            per_process=self.probe.per_process(),
-        )
-
-
-def summarize(
-    samples: tuple[Sample, ...],
-    *,
-    probe: str,
-    device: str,
-    interval_s: float,
-    baseline_bytes: int,
-    mark_t_s: float | None,
-    per_process: dict[int, int] | None = None,
-) -> MemoryTrace:
-    """Steady = median of the samples after the mark (all samples when there is no mark)."""
-    if not samples:
-        return MemoryTrace(
-            probe, device, interval_s, (), baseline_bytes, baseline_bytes, baseline_bytes
-        )
-    after = [s.used_bytes for s in samples if mark_t_s is None or s.t_s >= mark_t_s]
-    if not after:
-        after = [samples[-1].used_bytes]
-    steady = int(statistics.median(after))
-    peak = max(s.used_bytes for s in samples)
-    return MemoryTrace(
-        probe=probe,
-        device=device,
-        interval_s=interval_s,
-        samples=samples,
-        baseline_bytes=baseline_bytes,
-        steady_bytes=steady,
-        peak_bytes=peak,
-        per_process_bytes=dict(per_process or {}),
-    )
+            nv = NvmlProbe(None if gpu_indices is None else tuple(gpu_indices))
+        except ProbeReadError as exc:
+            reason = str(exc)
+        else:
+            where = _gpus_text(nv.indices)
+            if prefer == "nvml":
+                return ProbeChoice((nv,), f"NVML on {where} (configured)")
+            return ProbeChoice(
+                (nv, ProcessTreeProbe(root_pid)),
+                f"NVML on {where} when the engine's buffers are on the GPU, else the process tree",
+            )
+    if prefer == "nvml":
+        log.warning("NVML requested but unavailable (%s); using the process tree", reason)
+    return ProbeChoice((ProcessTreeProbe(root_pid),), f"process tree ({reason})")

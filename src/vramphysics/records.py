@@ -84,6 +84,9 @@ class CalibrationPoint(Record):
     ready_s: float
     engine_version: str
     engine_components: dict[str, Any] = field(default_factory=dict)
+    metric: str = ""  # what measured_bytes is: pss | rss | device-used ("" in older journals)
+    peak_metric: str = ""  # what peak_bytes is (the probe's cheap series metric)
+    probe_reason: str = ""  # why this probe measured this start
     at: str = ""
 
 

@@ -44,7 +44,7 @@ from vramphysics.engines.process import kill_leftovers
 from vramphysics.errors import ConfigError, EngineError, Interrupted, SetupError
 from vramphysics.journal import Journal, journal_path, latest_run_id, read_journal
 from vramphysics.outcome import Outcome, build_outcome, fits_for
-from vramphysics.probes import NvmlStatus, Probe, choose_probe, nvml_status
+from vramphysics.probes import NvmlStatus, ProbeChoice, choose_probe, nvml_status, probes_for
 from vramphysics.records import (
     BenchResult,
     CalibrationPoint,
@@ -179,14 +179,25 @@ class _Run:
         self.done.append(rec)
 
 
-def _make_probe_factory(run: _Run) -> Callable[[Engine], Probe]:
-    def make(engine: Engine) -> Probe:
-        probe, _why = choose_probe(
-            run.probe_prefer, engine.root_pid, run.cfg.probes.gpu_index, run.nvml
-        )
-        return probe
+def _make_probe_factory(run: _Run) -> Callable[[Engine], ProbeChoice]:
+    """Per start: the probes to record (NVML on the engine's GPUs and the process tree when a GPU
+    answers and `prefer` is auto); the engine's report of where its buffers live picks one."""
+
+    def make(engine: Engine) -> ProbeChoice:
+        return probes_for(run.probe_prefer, engine.root_pid, _probe_gpus(run, engine), run.nvml)
 
     return make
+
+
+def _probe_gpus(run: _Run, engine: Engine) -> tuple[int, ...] | None:
+    """The GPUs the NVML probe sums: those the engine is pinned to; for an engine that is not
+    pinned, `probes.gpu_index` when the config sets it, else every GPU NVML sees (None)."""
+    pinned = engine.gpu_indices()
+    if pinned is not None:
+        return pinned
+    if "gpu_index" in run.cfg.probes.model_fields_set:
+        return (run.cfg.probes.gpu_index,)
+    return None
 
 
 def _engine(run: _Run, name: str) -> Engine:
@@ -302,7 +313,7 @@ def _one_start(
     *,
     calibrating: bool,
     bench: bool,
-    make_probe: Callable[[Engine], Probe],
+    make_probe: Callable[[Engine], ProbeChoice],
 ) -> None:
     cfg = run.cfg
     t_start = time.monotonic()

@@ -148,7 +148,9 @@ def test_sigterm_mid_sweep_exits_143_with_report_and_no_engine(
 
     assert runner.returncode == 143, err
     assert "Traceback" not in err
-    assert figures["stop_s"] < 10
+    # measured 2.1-2.4 s (engine stopped, report written) on a 2-core machine at load 8; README
+    # gives that figure and this bound
+    assert figures["stop_s"] < 6
     (xlsx,) = ws.reports()
     (row,) = ws.sheet(xlsx, "Calibration")
     assert row["Status"] == "INCOMPLETE"

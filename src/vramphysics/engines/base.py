@@ -176,6 +176,11 @@ class Engine(abc.ABC):
         """A short request, so that lazy allocations happen before we measure."""
         self.complete("Hello", max_tokens)
 
+    def gpu_indices(self) -> tuple[int, ...] | None:
+        """The GPUs (NVML indices) this engine's starts are pinned to; None: not pinned, it may use
+        every GPU it sees. The NVML probe measures exactly these."""
+        return None
+
     @abc.abstractmethod
     def root_pid(self) -> int | None:
         """The root of the engine's process tree (None when it is not ours to see)."""
