@@ -378,7 +378,7 @@ def _guardrail(run: _Run, engine: Engine, spec: ModelSpec, ctx: int, theory: The
     what they need. The prediction comes from the calibration with the engine's settings."""
     if not run.cfg.guardrail.enabled:
         return True
-    memory = _device_memory(run, engine.gpu_indices())
+    memory = _device_memory(run, _probe_gpus(run, engine))
     if memory is None:
         return True  # no device memory figure: nothing to compare with
     device, total, free = memory.name, memory.total_bytes, memory.free_bytes

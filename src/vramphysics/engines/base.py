@@ -155,10 +155,6 @@ class Engine(abc.ABC):
         """Launch settings that a reader needs to reproduce a figure."""
         return {}
 
-    def gpu_indices(self) -> tuple[int, ...] | None:
-        """The GPUs a start is pinned to: None = not pinned (all visible), () = none."""
-        return None
-
     # -- one start ---------------------------------------------------------------------------
     @abc.abstractmethod
     def start(self, spec: ModelSpec, ctx: int) -> None:
@@ -178,7 +174,7 @@ class Engine(abc.ABC):
 
     def gpu_indices(self) -> tuple[int, ...] | None:
         """The GPUs (NVML indices) this engine's starts are pinned to; None: not pinned, it may use
-        every GPU it sees. The NVML probe measures exactly these."""
+        every GPU it sees; (): no GPU. The NVML probe and the guardrail look at exactly these."""
         return None
 
     @abc.abstractmethod
