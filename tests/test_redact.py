@@ -148,7 +148,12 @@ def test_redacting_filter_on_a_handler(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_redact_args(argv: list[str], masked: list[str]) -> None:
     assert redact_args(argv) == masked
-    assert is_secret_flag(argv[0]) == (masked != argv or argv == ["--api-key"])
+
+
+def test_secret_flags_by_their_words() -> None:
+    secret = ["--api-key", "--api_key", "--hf-token", "-token", "--apikey", "--ssl-key-file"]
+    plain = ["--tokenizer", "--max-num-batched-tokens", "--monkey", "api-key", "--keep", "-k"]
+    assert [f for f in secret + plain if is_secret_flag(f)] == secret
 
 
 @pytest.mark.parametrize(
@@ -214,10 +219,15 @@ def test_the_journal_stores_no_secret_argument(tmp_path: Path) -> None:
 @pytest.fixture
 def log_redaction() -> Iterator[None]:
     before = logging.getLogRecordFactory()
+    uninstall_log_redaction()  # an earlier test of this process may have installed it
+    plain = logging.getLogRecordFactory()
+    install_log_redaction()
+    install_log_redaction()  # idempotent: one layer
+    uninstall_log_redaction()
+    assert logging.getLogRecordFactory() is plain
     install_log_redaction()
     yield
-    uninstall_log_redaction()
-    assert logging.getLogRecordFactory() is before
+    logging.setLogRecordFactory(before)
 
 
 def test_records_are_masked_where_they_are_made(

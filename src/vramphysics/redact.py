@@ -25,7 +25,7 @@ _SECRET_WORDS = frozenset({"key", "apikey", "token", "secret", "password", "pass
 _FLAG = r"--?[A-Za-z0-9][A-Za-z0-9_-]*"
 # in free text: the flag, then `=`, blanks, or the `', '` / `", "` between list items
 _FLAG_IN_TEXT = re.compile(
-    rf"(?P<flag>{_FLAG})(?P<sep>=|\s+|['\"]\s*,\s*['\"])(?P<value>[^\s'\",\]\}}]+)"
+    rf"(?<![\w-])(?P<flag>{_FLAG})(?P<sep>=|\s+|['\"]\s*,\s*['\"])(?P<value>[^\s'\",\]\}}]+)"
 )
 
 
