@@ -161,7 +161,10 @@ def test_secret_flags_by_their_words() -> None:
     [
         ("llama-server --api-key sk-123 --port 8400", "llama-server --api-key *** --port 8400"),
         ("--api_key=sk-123", "--api_key=***"),
-        ("['llama-server', '--api-key', 'sk-123', '-c']", "['llama-server', '--api-key', '***', '-c']"),
+        (
+            "['llama-server', '--api-key', 'sk-123', '-c']",
+            "['llama-server', '--api-key', '***', '-c']",
+        ),
         ('["--hf-token", "hf_abc"]', '["--hf-token", "***"]'),
         ("--tokenizer org/model --max-num-batched-tokens 8192", None),
         ("a key of 12 and token=abc", None),  # no flag: ordinary text stays

@@ -24,12 +24,10 @@ from vramphysics.engines.llamacpp import LlamaCppEngine
 from vramphysics.engines.process import (
     can_bind,
     ensure_port_free,
-)
-from vramphysics.engines.process import free_port as pick_free_port
-from vramphysics.engines.process import (
     port_holder,
     tree_listens_on,
 )
+from vramphysics.engines.process import free_port as pick_free_port
 from vramphysics.errors import ConfigError, EngineError
 from vramphysics.setups import parse_model_id
 

@@ -165,7 +165,9 @@ class LlamaCppEngine(Engine):
             try:
                 r = self._client.get(f"{self.base_url}/v1/models", timeout=2.0)
                 if r.status_code == 200:
-                    self.check_listener(proc.pid, self.cfg.host, self._port, model_id=self._spec_id())
+                    self.check_listener(
+                        proc.pid, self.cfg.host, self._port, model_id=self._spec_id()
+                    )
                     self._check_context_applied()
                     return
             except httpx.TransportError:

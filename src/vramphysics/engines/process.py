@@ -365,8 +365,6 @@ def tree_listens_on(pid: int, port: int) -> bool | None:
             continue
         except psutil.AccessDenied:
             return None
-        if any(
-            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns
-        ):
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
             return True
     return False

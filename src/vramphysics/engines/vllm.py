@@ -705,7 +705,10 @@ class VllmEngine(Engine):
             return False
         if self._proc is not None:  # native: the answer must come from our server
             self.check_listener(
-                self._proc.pid, self.cfg.host, self._port, model_id=self._spec.raw if self._spec else None
+                self._proc.pid,
+                self.cfg.host,
+                self._port,
+                model_id=self._spec.raw if self._spec else None,
             )
         self._served_model = str(data[0].get("id"))
         served_len = data[0].get("max_model_len")
