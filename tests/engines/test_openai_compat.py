@@ -415,3 +415,28 @@ def test_an_engine_started_with_an_api_key_gets_it_on_every_request(
     requests = [line for line in log_text.splitlines() if " key=" in line]
     assert requests and all(line.endswith("key=ok") for line in requests), log_text
     assert any(line.startswith("POST /v1/completions") for line in requests)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_real_llama_cpp_server_with_an_api_key(
+    tmp_path: Path, free_port: int, tiny_gguf: Path
+) -> None:
+    """llama-cpp-python started with `--api_key`: ready, a completion and its token count (the
+    tokenize endpoint is guarded too) all carry the key."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python is installed by `make test`")
+    cfg = LlamaCppConfig(
+        port=free_port,
+        command=[sys.executable, "-m", "llama_cpp.server"],
+        model_dir=tiny_gguf.parent,
+        extra_args=["--api_key", "sk-real-0123456789"],
+        start_timeout_s=90,
+        stop_timeout_s=5,
+    )
+    with LlamaCppEngine(cfg, state_dir=tmp_path / "state", log_dir=tmp_path / "logs") as engine:
+        engine.start(parse_model_id(f"llamacpp:{tiny_gguf.name}"), 512)
+        engine.wait_ready()
+        done = engine.complete("Hello", 4)
+        assert done.usage.completion_tokens is not None
+        plain = httpx.get(f"{engine.base_url}/v1/models", timeout=5)
+    assert plain.status_code == 401  # the server does demand the key
