@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vramphysics.errors import Interrupted, VramPhysicsError
+from vramphysics.redact import install_log_redaction
 
 log = logging.getLogger("vramphysics")
 
@@ -272,6 +273,7 @@ def _configure_logging(debug: bool) -> None:
         level=logging.DEBUG if debug else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction()  # every record is masked where it is made, whatever the handler
     for noisy in ("httpx", "httpcore", "gguf", "filelock", "urllib3", "docker"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 

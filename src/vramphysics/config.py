@@ -32,6 +32,7 @@ class _Strict(BaseModel):
         if isinstance(value, bool) and info.field_name is not None:
             annotation = cls.model_fields[info.field_name].annotation
             kinds = set(get_args(annotation)) | {annotation}
+            kinds |= {get_args(k)[0] for k in list(kinds) if get_args(k)}  # Annotated[int, ...]
             if bool not in kinds and kinds & {int, float}:
                 raise ValueError(f"expected a number, got {value!r}")
         return value
@@ -69,6 +70,10 @@ _GPUS_HELP = (
 )
 
 
+# a TCP port, or `auto`: a free one taken before each start
+Port = Annotated[int, Field(ge=1, le=65535)] | Literal["auto"]
+
+
 class EngineTimeouts(_Strict):
     start_timeout_s: float = Field(120.0, gt=0, description="launch until ready")
     request_timeout_s: float = Field(120.0, gt=0, description="one request, start to end")
@@ -77,7 +82,7 @@ class EngineTimeouts(_Strict):
 
 class LlamaCppConfig(EngineTimeouts):
     host: str = "127.0.0.1"
-    port: int = Field(8400, ge=1, le=65535)
+    port: Port = 8400
     command: list[str] | None = Field(
         None,
         description="launch command; default: llama-server on PATH, else python -m llama_cpp.server",
@@ -91,7 +96,7 @@ class LlamaCppConfig(EngineTimeouts):
 class VllmConfig(EngineTimeouts):
     mode: Literal["native", "docker"] = "native"
     host: str = "127.0.0.1"
-    port: int = Field(8300, ge=1, le=65535)
+    port: Port = Field(8300, description="host port (Docker: published); `auto`: a free one")
     command: list[str] = Field(
         ["vllm", "serve"],
         min_length=1,

@@ -65,6 +65,8 @@ FAILURE_KINDS = (
     "model_not_found",
     "download_failed",
     "request_failed",
+    "unauthorized",  # the engine wants an API key we do not send (HTTP 401/403)
+    "port_in_use",  # another process holds the port our engine must listen on
     "interrupted",
     "other",
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vramphysics.errors import ConfigError
 from vramphysics.records import Record, record_from_json
-from vramphysics.redact import redact
+from vramphysics.redact import redact, redact_value
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,9 @@ class Journal:
         _drop_torn_tail(self._fd, path)
 
     def append(self, record: Record) -> None:
-        d = record.to_json()
+        # masked field by field (an engine's `extra_args: [--api-key, X]`), then as text (the
+        # values of secret environment variables wherever they appear)
+        d = redact_value(record.to_json())
         if not d.get("at"):
             d["at"] = now_iso()
         line = redact(json.dumps(d, sort_keys=False)) + "\n"

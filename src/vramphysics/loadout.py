@@ -197,7 +197,7 @@ def apply(cfg: Config, preset: str, *, force_download: bool = False) -> list[str
         name = it.spec.engine
         engine_cfg = getattr(cfg.engines, name)
         base_cfg = cfg
-        if not _serves_many(name):
+        if not _serves_many(name) and engine_cfg.port != "auto":
             port = ports.get(name, engine_cfg.port)
             ports[name] = port + 1
             base_cfg = cfg.model_copy(

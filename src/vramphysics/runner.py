@@ -54,7 +54,7 @@ from vramphysics.records import (
     StatusRow,
     Warning_,
 )
-from vramphysics.redact import RedactingFilter, redact
+from vramphysics.redact import add_redacting_filter, install_log_redaction, redact
 from vramphysics.report import plan_sheet, write_report
 from vramphysics.setups import ModelSpec, load_setups, select_setups
 from vramphysics.yamlio import load_yaml
@@ -544,10 +544,21 @@ def _validate_models(
             engine.close()
 
 
+@contextmanager
+def console_through_tqdm() -> Iterator[None]:
+    """During the sweep, console log lines go through `tqdm.write` (above the progress bar).
+
+    tqdm swaps the console handler for its own, without our filters: every record is already
+    masked where it is made (`install_log_redaction`), and the swapped-in handler gets the
+    redacting filter as well."""
+    with logging_redirect_tqdm():
+        add_redacting_filter(logging.getLogger().handlers)
+        yield
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry point of `runner.py` and `python -m vramphysics run`."""
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
+    install_log_redaction()
     cfg = load_config(args.config)
     if args.report_only:
         records = read_journal(journal_path(cfg.paths.report_dir, args.report_only))
@@ -585,7 +596,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     exit_code = 0
     with (
         _signals_raise() as sig,
-        logging_redirect_tqdm(),
+        console_through_tqdm(),
         tqdm(total=total, unit="start", disable=args.no_progress, dynamic_ncols=True) as bar,
     ):
         run = _Run(

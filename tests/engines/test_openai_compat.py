@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from vramphysics.engines.openai_compat import iter_sse_data, stream_completion
+from vramphysics.config import LlamaCppConfig
+from vramphysics.engines.llamacpp import LlamaCppEngine
+from vramphysics.engines.openai_compat import (
+    engine_client,
+    iter_sse_data,
+    server_api_key,
+    stream_completion,
+)
 from vramphysics.errors import EngineError
+from vramphysics.setups import parse_model_id
+
+AUTH_SERVER = Path(__file__).resolve().parents[1] / "faults" / "fake_engines" / "auth_server.py"
 
 
 def sse(obj: Any) -> str:
@@ -304,3 +316,127 @@ def test_connection_refused(client: httpx.Client, free_port: int) -> None:
         stream_completion(client, f"http://127.0.0.1:{free_port}/v1/completions", {}, timeout_s=2)
     assert info.value.kind == "request_failed"
     assert "ConnectError" in str(info.value)
+
+
+# -- API keys: the key a server demands, sent on every request; 401/403 fails at once ----------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "key"),
+    [
+        (["--api-key", "sk-one"], {}, "sk-one"),  # llama-server, vLLM
+        (["--api_key=sk-two"], {}, "sk-two"),  # llama-cpp-python
+        (["--api-key", "k1,k2"], {}, "k1"),  # llama-server takes a list: the first is ours
+        ([], {"LLAMA_API_KEY": "sk-env"}, "sk-env"),
+        (["--api-key", "sk-arg"], {"LLAMA_API_KEY": "sk-env"}, "sk-arg"),  # the flag wins
+        (["--port", "8400", "--api-key-length", "8"], {}, None),
+        ([], {"OTHER_API_KEY": "sk-x"}, None),
+        (["--api-key"], {}, None),
+    ],
+)
+def test_server_api_key(argv: list[str], env: dict[str, str], key: str | None) -> None:
+    assert server_api_key(argv, env, ("LLAMA_API_KEY",)) == key
+
+
+def test_server_api_key_from_a_key_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("\n  sk-from-file \nsk-second\n", encoding="utf-8")
+    assert server_api_key(["--api-key-file", str(keys)], {}) == "sk-from-file"
+    with pytest.raises(EngineError) as info:
+        server_api_key(["--api-key-file", str(tmp_path / "missing")], {})
+    assert info.value.kind == "start_failed" and "missing" in info.value.message
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_401_or_403_in_a_stream_is_unauthorized(
+    server: _Server, client: httpx.Client, code: int
+) -> None:
+    server.answer(['{"error": "Invalid API Key"}'], code=code)
+    with pytest.raises(EngineError) as info:
+        stream_completion(client, server.url, {}, timeout_s=10, model_id="llamacpp:x.gguf")
+    assert info.value.kind == "unauthorized"
+    assert info.value.model_id == "llamacpp:x.gguf"
+    assert f"HTTP {code}" in info.value.message
+
+
+def test_engine_client_sends_the_key_and_raises_on_401(server: _Server) -> None:
+    seen: list[str | None] = []
+
+    with engine_client(5.0, "sk-bearer-123") as c:
+        c.event_hooks["request"] = [lambda r: seen.append(r.headers.get("Authorization"))]
+        server.answer(['{"error": "no"}'], code=401)
+        with pytest.raises(EngineError) as info:
+            c.post(server.url, json={})
+    assert info.value.kind == "unauthorized"
+    assert seen == ["Bearer sk-bearer-123"]
+    with engine_client(5.0, None) as c:
+        assert "Authorization" not in c.headers
+
+
+def _auth_engine(tmp_path: Path, port: int, extra_args: list[str]) -> LlamaCppEngine:
+    cfg = LlamaCppConfig(
+        port=port,
+        command=[sys.executable, str(AUTH_SERVER)],
+        model_dir=tmp_path,
+        extra_args=extra_args,
+        start_timeout_s=60,
+        stop_timeout_s=5,
+    )
+    return LlamaCppEngine(cfg, state_dir=tmp_path / "state", log_dir=tmp_path / "logs")
+
+
+def test_an_engine_that_wants_a_key_we_lack_fails_at_once_unauthorized(
+    tmp_path: Path, free_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server demands a key we were not told of: not 60 s of polling, but `unauthorized`."""
+    monkeypatch.setenv("FAKE_REQUIRED_KEY", "sk-we-do-not-know")
+    with _auth_engine(tmp_path, free_port, []) as engine:
+        engine.start(parse_model_id("llamacpp:m.gguf"), 512)
+        t0 = time.monotonic()
+        with pytest.raises(EngineError) as info:
+            engine.wait_ready()
+        waited = time.monotonic() - t0
+        log_text = engine.log_tail()
+    assert info.value.kind == "unauthorized"
+    assert "HTTP 401" in info.value.message
+    assert waited < 20, f"waited {waited:.1f} s of a 60 s start timeout"
+    assert "GET /v1/models key=missing" in log_text
+
+
+def test_an_engine_started_with_an_api_key_gets_it_on_every_request(
+    tmp_path: Path, free_port: int
+) -> None:
+    with _auth_engine(tmp_path, free_port, ["--api_key", "sk-test-0123456789"]) as engine:
+        engine.start(parse_model_id("llamacpp:m.gguf"), 512)
+        engine.wait_ready()
+        done = engine.complete("Hello", 4)
+        log_text = engine.log_tail()
+    assert done.n_chunks == 1 and done.usage.completion_tokens == 1
+    requests = [line for line in log_text.splitlines() if " key=" in line]
+    assert requests and all(line.endswith("key=ok") for line in requests), log_text
+    assert any(line.startswith("POST /v1/completions") for line in requests)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_real_llama_cpp_server_with_an_api_key(
+    tmp_path: Path, free_port: int, tiny_gguf: Path
+) -> None:
+    """llama-cpp-python started with `--api_key`: ready, a completion and its token count (the
+    tokenize endpoint is guarded too) all carry the key."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python is installed by `make test`")
+    cfg = LlamaCppConfig(
+        port=free_port,
+        command=[sys.executable, "-m", "llama_cpp.server"],
+        model_dir=tiny_gguf.parent,
+        extra_args=["--api_key", "sk-real-0123456789"],
+        start_timeout_s=90,
+        stop_timeout_s=5,
+    )
+    with LlamaCppEngine(cfg, state_dir=tmp_path / "state", log_dir=tmp_path / "logs") as engine:
+        engine.start(parse_model_id(f"llamacpp:{tiny_gguf.name}"), 512)
+        engine.wait_ready()
+        done = engine.complete("Hello", 4)
+        assert done.usage.completion_tokens is not None
+        plain = httpx.get(f"{engine.base_url}/v1/models", timeout=5)
+    assert plain.status_code == 401  # the server does demand the key

@@ -389,14 +389,15 @@ def test_ready_container_reports_memory_from_metrics(tmp_path: Path, hf_home: Pa
         "/v1/models": ("application/json", json.dumps(models).encode()),
         "/metrics": ("text/plain", (FIXTURES / "metrics_cpu_local.txt").read_bytes()),
     }
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeVllmHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     log_text = (FIXTURES / "cpu_vllm_cpu_local.log").read_bytes()
     client = FakeDocker(container_logs=log_text)
+    port = _port()  # free before the start (checked), published once the container runs
+    server: http.server.ThreadingHTTPServer | None = None
     try:
-        with _engine(tmp_path, client, port=server.server_address[1]) as engine:
+        with _engine(tmp_path, client, port=port) as engine:
             engine.start(parse_model_id(f"vl_{MODEL}"), 2048)
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _FakeVllmHandler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
             client.containers.existing["vllm-Qwen-Qwen2.5-0.5B-Instruct"].attrs["State"]["Pid"] = (
                 4242
             )
@@ -409,4 +410,5 @@ def test_ready_container_reports_memory_from_metrics(tmp_path: Path, hf_home: Pa
             assert mem.kv_bytes_per_token == 2048
             engine.check_alive()
     finally:
-        server.shutdown()
+        if server is not None:
+            server.shutdown()

@@ -13,6 +13,7 @@ Life of an engine in a calibration step::
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from vramphysics.setups import ModelSpec
 
 if TYPE_CHECKING:
     from vramphysics.theory import Theory
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,40 @@ class Engine(abc.ABC):
             self.state_dir, include_live_launchers=True, include_kept=True, engine=self.name
         )
         return [f"{r.label} (pid {r.pid})" for r in stopped]
+
+    # -- the port a server we start listens on ------------------------------------------------
+    def claim_port(self, host: str, port: int | str, *, model_id: str | None = None) -> int:
+        """Before a start: the port our server will listen on. A configured port must be free
+        (EngineError `port_in_use` naming the process that holds it); `auto` takes a free one.
+
+        Another server on the port (a user's own llama-server) would otherwise answer our
+        readiness checks and requests while our engine dies on its bind."""
+        from vramphysics.engines.process import ensure_port_free, free_port
+
+        if port == "auto":
+            chosen = free_port(host)
+            log.info("%s: port auto: %s:%d", self.name, host, chosen)
+            return chosen
+        ensure_port_free(host, int(port), model_id=model_id)
+        return int(port)
+
+    def check_listener(
+        self, root_pid: int, host: str, port: int, *, model_id: str | None = None
+    ) -> None:
+        """Readiness counts only from our own server: the socket listening on `port` must
+        belong to the process tree of `root_pid`; EngineError `port_in_use` otherwise."""
+        from vramphysics.engines.process import port_in_use, tree_listens_on
+
+        ours = tree_listens_on(root_pid, port)
+        if ours is None:
+            log.debug(
+                "%s: psutil may not list the sockets of pid %d: relying on the free-port check "
+                "made before the start",
+                self.name,
+                root_pid,
+            )
+        elif not ours:
+            raise port_in_use(host, port, model_id=model_id)
 
     def __enter__(self) -> Engine:
         return self

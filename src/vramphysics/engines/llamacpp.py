@@ -7,6 +7,7 @@ system promptly, so one process per context is the only honest measurement).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -26,7 +27,7 @@ from vramphysics.engines.base import (
     ResidentModel,
 )
 from vramphysics.engines.llamacpp_log import components_from_log
-from vramphysics.engines.openai_compat import stream_completion
+from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.setups import ModelSpec
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# the variables that give the server an API key: llama-server (LLAMA_API_KEY),
+# llama-cpp-python (its settings read API_KEY)
+_API_KEY_VARIABLES = ("LLAMA_API_KEY", "API_KEY")
 _OOM_MARKERS = ("out of memory", "failed to allocate", "cudamalloc failed", "unable to allocate")
 
 
@@ -62,14 +66,19 @@ class LlamaCppEngine(Engine):
         super().__init__(state_dir=state_dir, log_dir=log_dir)
         self.cfg = cfg
         self._proc: ManagedProcess | None = None
-        self._client = httpx.Client(timeout=cfg.request_timeout_s)
         self._spec: ModelSpec | None = None
         self._ctx: int | None = None
         self._uses_llama_server = cfg.command is None and shutil.which("llama-server") is not None
+        # `port: auto`: none until a start takes a free one (0 answers nothing)
+        self._port = cfg.port if isinstance(cfg.port, int) else 0
+        key = server_api_key(
+            [*(cfg.command or []), *cfg.extra_args], os.environ, _API_KEY_VARIABLES
+        )
+        self._client = engine_client(cfg.request_timeout_s, key)
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.cfg.host}:{self.cfg.port}"
+        return f"http://{self.cfg.host}:{self._port}"
 
     def version(self) -> str:
         if self._uses_llama_server:
@@ -117,7 +126,7 @@ class LlamaCppEngine(Engine):
 
     def _command(self, path: Path, ctx: int) -> list[str]:
         base = self._base_command()
-        host, port = self.cfg.host, str(self.cfg.port)
+        host, port = self.cfg.host, str(self._port)
         if self._uses_llama_server or (self.cfg.command and "llama-server" in Path(base[0]).name):
             args = ["-m", str(path), "-c", str(ctx), "--host", host, "--port", port]
             args += ["-ngl", str(self.cfg.n_gpu_layers), "--parallel", "1"]
@@ -129,6 +138,7 @@ class LlamaCppEngine(Engine):
     def start(self, spec: ModelSpec, ctx: int) -> None:
         self.stop()
         path = self.model_path(spec)
+        self._port = self.claim_port(self.cfg.host, self.cfg.port, model_id=spec.raw)
         argv = self._command(path, ctx)
         log_path = self.log_dir / f"llamacpp-{path.stem}-ctx{ctx}.log"
         log_path.unlink(missing_ok=True)
@@ -155,6 +165,9 @@ class LlamaCppEngine(Engine):
             try:
                 r = self._client.get(f"{self.base_url}/v1/models", timeout=2.0)
                 if r.status_code == 200:
+                    self.check_listener(
+                        proc.pid, self.cfg.host, self._port, model_id=self._spec_id()
+                    )
                     self._check_context_applied()
                     return
             except httpx.TransportError:
@@ -267,6 +280,9 @@ class LlamaCppEngine(Engine):
 
     def log_tail(self, n_lines: int = 40) -> str:
         return self._proc.log_tail(n_lines) if self._proc is not None else ""
+
+    def _spec_id(self) -> str | None:
+        return self._spec.raw if self._spec else None
 
     def _require_proc(self) -> ManagedProcess:
         if self._proc is None:

@@ -171,6 +171,7 @@ class OllamaEngine(Engine):
         env = self._launch_env()
         log_path = self.log_dir / "ollama-serve.log"
         log.info("no Ollama server at %s: starting %s", self.base_url, " ".join(argv))
+        self.claim_port(self.cfg.host, self.cfg.port)  # port_in_use: something mute holds it
         try:
             proc = ManagedProcess(
                 argv,
@@ -202,6 +203,7 @@ class OllamaEngine(Engine):
             except EngineError:
                 version = None  # another server answered: wait for ours to fail on the port
             if version is not None:
+                self.check_listener(proc.pid, self.cfg.host, self.cfg.port)
                 self._version = version
                 log.info("Ollama %s started (pid %d), log %s", version, proc.pid, log_path)
                 return

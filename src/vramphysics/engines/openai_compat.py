@@ -3,14 +3,76 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from vramphysics.engines.base import Completion, Usage
 from vramphysics.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+_KEY_FLAGS = ("--api-key", "--api_key")
+_KEY_FILE_FLAGS = ("--api-key-file", "--api_key_file")
+
+
+def server_api_key(
+    argv: Sequence[str], env: Mapping[str, str], env_names: Sequence[str] = ()
+) -> str | None:
+    """The API key a server started with `argv` and `env` will demand, or None.
+
+    `--api-key K` / `--api_key=K` (llama-server, llama-cpp-python, vLLM; llama-server takes a
+    comma-separated list: the first is ours), `--api-key-file F` (llama-server: one key a line),
+    else the first of `env_names` set in `env` (llama-server LLAMA_API_KEY, vLLM VLLM_API_KEY).
+    """
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if flag in _KEY_FLAGS and value:
+            return value.split(",")[0].strip() or None
+        if flag in _KEY_FILE_FLAGS and value:
+            return _first_key_in(Path(value))
+    for name in env_names:
+        if env.get(name):
+            return env[name]
+    return None
+
+
+def _first_key_in(path: Path) -> str | None:
+    try:
+        lines = path.expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise EngineError("start_failed", f"cannot read the API key file {path}: {exc}") from exc
+    return next((line.strip() for line in lines if line.strip()), None)
+
+
+def raise_for_auth(response: httpx.Response, model_id: str | None = None) -> None:
+    """HTTP 401/403: the engine wants a key we do not send (or another one). Failing at once
+    beats waiting out the whole start timeout on an answer that will never change."""
+    if response.status_code in (401, 403):
+        raise EngineError(
+            "unauthorized",
+            f"HTTP {response.status_code} from {response.request.url}: the engine wants an API "
+            "key we do not send; give it as --api-key in the engine's extra_args (or its API "
+            "key variable), so that every request of ours sends it",
+            model_id=model_id,
+        )
+
+
+def engine_client(timeout: float | httpx.Timeout, api_key: str | None) -> httpx.Client:
+    """An HTTP client for one engine: its API key on every request (Authorization: Bearer), and
+    a 401/403 answer raised as EngineError(kind="unauthorized") wherever it comes."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    if api_key:
+        log.debug("the engine wants an API key: every request sends it")
+    return httpx.Client(
+        timeout=timeout, headers=headers, event_hooks={"response": [raise_for_auth]}
+    )
 
 
 def iter_sse_data(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
@@ -81,6 +143,7 @@ def stream_completion(
     n_logprob_tokens = 0
     try:
         with client.stream("POST", url, json=body, timeout=timeout_s) as response:
+            raise_for_auth(response, model_id)
             if response.status_code != 200:
                 response.read()
                 raise EngineError(

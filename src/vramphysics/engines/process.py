@@ -12,12 +12,16 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from vramphysics.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +279,92 @@ def kill_leftovers(
         (state_dir / _PROCS / f"{rec.pid}.json").unlink(missing_ok=True)
         stopped.append(rec)
     return stopped
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def can_bind(host: str, port: int) -> bool:
+    """Could a server bind `host:port` now? (SO_REUSEADDR, as servers set it, so that a closed
+    connection in TIME_WAIT does not count; a listening socket does, on Linux even on 0.0.0.0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    """A port the system has free on `host` now (`port: auto`)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_holder(port: int) -> str:
+    """Who listens on TCP `port`: `pid N (name)` when psutil may see it."""
+    try:
+        conns = psutil.net_connections(kind="inet")
+    except (psutil.AccessDenied, PermissionError) as exc:
+        log.debug("cannot list the sockets of other processes (%s)", exc)
+        return "a process this user may not see"
+    pids = sorted(
+        {
+            c.pid
+            for c in conns
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid
+        }
+    )
+    if not pids:
+        return "a process this user may not see"
+    names = []
+    for pid in pids:
+        try:
+            names.append(f"pid {pid} ({psutil.Process(pid).name()})")
+        except psutil.Error:
+            names.append(f"pid {pid}")
+    return ", ".join(names)
+
+
+def port_in_use(host: str, port: int, *, model_id: str | None = None) -> EngineError:
+    return EngineError(
+        "port_in_use",
+        f"port {port} on {host} is held by {port_holder(port)}: stop that server, or give "
+        "the engine another port (or `port: auto`)",
+        model_id=model_id,
+    )
+
+
+def ensure_port_free(host: str, port: int, *, model_id: str | None = None) -> None:
+    """Before a start: EngineError(kind="port_in_use") naming the holder when `port` is taken."""
+    if not can_bind(host, port):
+        raise port_in_use(host, port, model_id=model_id)
+
+
+def _inet_connections(p: psutil.Process) -> list[Any]:
+    method = getattr(p, "net_connections", None) or p.connections  # psutil < 6
+    return list(method(kind="inet"))
+
+
+def tree_listens_on(pid: int, port: int) -> bool | None:
+    """Does the process tree of `pid` hold the listening socket of TCP `port`? None when psutil
+    may not tell (AccessDenied)."""
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    for p in tree:
+        try:
+            conns = _inet_connections(p)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            return None
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+    return False

@@ -53,7 +53,7 @@ from vramphysics.engines.base import (
     ResidentModel,
 )
 from vramphysics.engines.gpus import gpu_env, pinned_indices
-from vramphysics.engines.openai_compat import stream_completion
+from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail
 from vramphysics.engines.vllm_log import (
     VllmLogFacts,
@@ -277,7 +277,11 @@ class VllmEngine(Engine):
         self.physics_path = physics_path
         self._docker_factory = docker_client_factory
         self._docker: Any = None
-        self._client = httpx.Client(timeout=cfg.request_timeout_s)
+        # `port: auto`: none until a start takes a free one (0 answers nothing)
+        self._port = cfg.port if isinstance(cfg.port, int) else 0
+        key_env = {**os.environ, **cfg.env} if cfg.mode == "native" else dict(cfg.env)
+        key = server_api_key([*cfg.command, *cfg.extra_args], key_env, ("VLLM_API_KEY",))
+        self._client = engine_client(cfg.request_timeout_s, key)
         self._calibration: list[int] = []
         self._gpu_checked = False
         self._gpu_info: DeviceMemory | None = None
@@ -303,7 +307,7 @@ class VllmEngine(Engine):
     # -- what we run -------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        return f"http://{self.cfg.host}:{self.cfg.port}"
+        return f"http://{self.cfg.host}:{self._port}"
 
     def version(self) -> str:
         if self.cfg.mode == "native" and self._runs_own_interpreter():
@@ -502,6 +506,7 @@ class VllmEngine(Engine):
     def start(self, spec: ModelSpec, ctx: int) -> None:
         self.stop()
         found = self.lookup(spec)
+        self._port = self.claim_port(self.cfg.host, self.cfg.port, model_id=spec.raw)
         self._spec, self._ctx = spec, ctx
         self._chat = found.folder is not None and hf_cache.has_chat_template(found.folder)
         self._kv_space_gib = self.kv_space_gib(ctx)
@@ -543,7 +548,7 @@ class VllmEngine(Engine):
             ctx=ctx,
             gpu_memory_utilization=self._utilization,
             host=self.cfg.host,
-            port=self.cfg.port,
+            port=self._port,
             limit_mm_per_prompt=spec.limit_mm_per_prompt,
             extra_args=self.cfg.extra_args,
         )
@@ -624,7 +629,7 @@ class VllmEngine(Engine):
             "name": container_name(self.cfg.container_name, spec),
             "detach": True,
             "environment": {**self._engine_env(docker=True), **_secret_env()},
-            "ports": {f"{self.cfg.container_port}/tcp": (self.cfg.host, self.cfg.port)},
+            "ports": {f"{self.cfg.container_port}/tcp": (self.cfg.host, self._port)},
             "volumes": volumes,
             "ipc_mode": "host",
             "device_requests": devices,
@@ -735,6 +740,13 @@ class VllmEngine(Engine):
             return False
         if not data:
             return False
+        if self._proc is not None:  # native: the answer must come from our server
+            self.check_listener(
+                self._proc.pid,
+                self.cfg.host,
+                self._port,
+                model_id=self._spec.raw if self._spec else None,
+            )
         self._served_model = str(data[0].get("id"))
         served_len = data[0].get("max_model_len")
         if isinstance(served_len, int) and self._ctx is not None and served_len != self._ctx:
