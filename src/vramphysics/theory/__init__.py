@@ -15,21 +15,19 @@ CUDA context on top: calibration measures those; theory does not.
 
 Files are read only by the small loaders (`load_hf_config`, `load_ollama_show`, the GGUF and
 safetensors readers); everything else is a pure function over plain values.
+
+Modules: `common` (the Theory record, cache dtypes, the formula), `gguf`, `hf` (config.json),
+`ollama` (/api/show), `safetensors` (weights bytes) and `load` (one entry point for the CLI).
 """
 
-from vramphysics.theory.hf import (
-    KV_DTYPES,
+from vramphysics.theory.common import KV_DTYPES, Theory, kv_dtype_bytes, resolve_kv_dtype
+from vramphysics.theory.gguf import theory_from_gguf
+from vramphysics.theory.hf import load_hf_config, theory_from_hf_config
+from vramphysics.theory.load import load_theory
+from vramphysics.theory.ollama import load_ollama_show, theory_from_ollama_show
+from vramphysics.theory.safetensors import (
     SAFETENSORS_DTYPE_BYTES,
     SAFETENSORS_INDEX,
-    Theory,
-    kv_dtype_bytes,
-    load_hf_config,
-    load_ollama_show,
-    load_theory,
-    resolve_kv_dtype,
-    theory_from_gguf,
-    theory_from_hf_config,
-    theory_from_ollama_show,
     weights_bytes_from_safetensors,
 )
 
