@@ -16,9 +16,27 @@ Two rules, one per kind of engine (`memory_kind`):
 
 A calibration is chosen by its memory settings too (`settings`: a tag like `kv=q8_0` or its
 hash); a model calibrated with several settings is never planned from one picked silently.
+
+Modules: `records` (Physics, Plan, SheetRow, constants), `formula`, `device` (DeviceMemory),
+`physics` (calibrated or theory), `verdict` (what every plan shares), `preallocated`,
+`on_demand`, `plans` (by memory kind), `commands` (vllm/docker lines) and `sheet`.
 """
 
-from vramphysics.allocate.plans import (
+from vramphysics.allocate.commands import docker_command, vllm_command
+from vramphysics.allocate.device import DeviceMemory, device_memory
+from vramphysics.allocate.formula import format_bytes, max_context, required_bytes, vllm_utilization
+from vramphysics.allocate.on_demand import plan_on_demand
+from vramphysics.allocate.physics import (
+    calibrated_devices,
+    physics_from_entry,
+    physics_from_theory,
+    resolve_physics,
+    select_physics,
+    settings_tags,
+)
+from vramphysics.allocate.plans import plan_for
+from vramphysics.allocate.preallocated import longest_preallocated, plan_preallocated
+from vramphysics.allocate.records import (
     GIB,
     MAX_UTIL,
     MIN_UTIL,
@@ -26,32 +44,14 @@ from vramphysics.allocate.plans import (
     SHEET_CONTEXTS,
     SHEET_UTILIZATION,
     VLLM_BLOCK_TOKENS,
-    DeviceMemory,
     MemoryKind,
     Physics,
     Plan,
     SheetRow,
-    calibrated_devices,
-    device_memory,
-    docker_command,
-    format_bytes,
-    longest_preallocated,
-    max_context,
     memory_kind,
-    physics_from_entry,
-    physics_from_theory,
-    plan_for,
-    plan_on_demand,
-    plan_preallocated,
-    plan_sheet_rows,
-    required_bytes,
-    resolve_physics,
-    select_physics,
-    settings_tags,
-    vllm_command,
-    vllm_utilization,
-    with_messages,
 )
+from vramphysics.allocate.sheet import plan_sheet_rows
+from vramphysics.allocate.verdict import with_messages
 
 __all__ = [
     "calibrated_devices",
