@@ -35,9 +35,7 @@ _KV_DTYPES: Mapping[str, tuple[str, float]] = {
     "iq4_nl": ("iq4_nl", 18 / 32),
 }
 
-
 KV_DTYPES: tuple[str, ...] = ("auto", *sorted(_KV_DTYPES))
-
 
 # `torch_dtype` of a checkpoint -> the cache dtype vLLM's `--kv-cache-dtype auto` uses.
 _MODEL_DTYPES: Mapping[str, str] = {

@@ -1,4 +1,4 @@
-"""Theory from GGUF metadata: a GGUF file's keys (llama.cpp), also the shape of Ollama's `model_info`."""
+"""Theory from GGUF keys: a GGUF file's (llama.cpp), or Ollama's `model_info` of the same shape."""
 
 from __future__ import annotations
 

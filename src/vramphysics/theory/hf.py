@@ -25,7 +25,6 @@ from vramphysics.theory.safetensors import _weights_from_safetensors
 # Sub-configs of multimodal models that hold the language model, in order of preference.
 _TEXT_CONFIG_KEYS = ("text_config", "llm_config", "language_config")
 
-
 # Other spellings of the keys we read (GPT-2, GPT-J, OLMo, Falcon, ...).
 _HF_ALIASES: Mapping[str, tuple[str, ...]] = {
     "num_hidden_layers": ("n_layer", "n_layers", "num_layers"),
@@ -33,7 +32,6 @@ _HF_ALIASES: Mapping[str, tuple[str, ...]] = {
     "num_key_value_heads": ("num_kv_heads", "n_head_kv"),
     "hidden_size": ("n_embd", "d_model"),
 }
-
 
 # transformers' class defaults for keys that real configs leave out. llava-1.5's text_config
 # names only model_type "llama" and a few keys; gemma-3-4b-it's omits the head counts.

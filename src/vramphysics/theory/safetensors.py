@@ -37,9 +37,7 @@ SAFETENSORS_DTYPE_BYTES: Mapping[str, float] = {
     "C64": 8,
 }
 
-
 _SAFETENSORS_MAX_HEADER_BYTES = 100 * 2**20
-
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
