@@ -634,10 +634,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         handler.addFilter(RedactingFilter())
     cfg = load_config(args.config)
     if args.report_only:
-        journal = journal_path(cfg.paths.report_dir, args.report_only)
-        result = finalize(cfg, args.report_only, read_journal(journal))
-        _print_done(args.report_only, result, journal)
-        return _not_written(result, args, args.report_only, journal, None) if result.errors else 0
+        kept = journal_path(cfg.paths.report_dir, args.report_only)
+        result = finalize(cfg, args.report_only, read_journal(kept))
+        _print_done(args.report_only, result, kept)
+        return _not_written(result, args, args.report_only, kept, None) if result.errors else 0
     setups = load_setups(args.setups)
     chosen = select_setups(setups, args.setup_names, path=args.setups)
     _validate_models(cfg, setups, chosen, args.setups)

@@ -13,6 +13,7 @@ import errno
 import os
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from vramphysics.runner import EXIT_NOT_WRITTEN, remove_stale_proc_temps
 
 pytestmark = [pytest.mark.faults]
 
+RUNNER = Path(__file__).resolve().parents[2] / "runner.py"
 RUN_ID = "20250101-000000"
 MODEL = "llamacpp:tiny.gguf"
 
@@ -78,8 +80,7 @@ class Ws:
         self.rep = report_dir or root / "rep"
         self.cal = root / "cal"
         self.state = root / "state"
-        (root / "models").mkdir()
-        (root / "models" / "tiny.gguf").write_bytes(b"GGUF")
+        (root / "models").mkdir()  # empty: the journal's model is finished, nothing starts
         self.config = root / "disk.config.yaml"
         self.config.write_text(
             yaml.safe_dump(
@@ -147,7 +148,7 @@ def test_report_folder_full_keeps_journal_writes_database_and_names_the_rebuild(
     line = _one_line(err)
     assert code == EXIT_NOT_WRITTEN == 4
     assert f"the report folder {ws.rep} is full (No space left on device)" in line
-    assert "the report not written" in line and "database" not in line.split(":")[1]
+    assert "the report not written" in line and "the database entry" not in line
     assert f"journal kept at {ws.journal}" in line
     assert "report:" in out and "(NOT written)" in out
     (entry,) = physics_db.load(physics_db.db_path(ws.cal))  # the database went first
@@ -273,32 +274,41 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def _fill(folder: Path) -> Path:
     filler = folder / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:  # unbuffered: close has nothing left to flush
         try:
             while True:
                 f.write(b"\0" * 4096)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
 
 
-def test_real_full_report_filesystem(
-    tmp_path: Path, tiny_fs: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_real_full_report_filesystem(tmp_path: Path, tiny_fs: Path) -> None:
+    """The real runner, a real full filesystem: one line on stderr and no traceback at all
+    (not even the one zipfile prints when it is collected with its file half written)."""
     (tmp_path / "ws").mkdir()
     w = Ws(tmp_path / "ws", report_dir=tiny_fs)
     before = w.write_journal()
     filler = _fill(tiny_fs)
 
-    assert w.run("--report-only", RUN_ID) == 4
+    def runner(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False
+        )
 
-    line = _one_line(capsys.readouterr().err)
+    result = runner(str(RUNNER), "--report-only", RUN_ID, "--config", str(w.config))
+
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # exactly one line
+    line = _one_line(result.stderr)
     assert f"the report folder {tiny_fs} is full (No space left on device)" in line
     assert len(physics_db.load(physics_db.db_path(w.cal))) == 1
     assert w.journal.read_bytes() == before
     assert not list(tiny_fs.glob("*.xlsx")) and not list(tiny_fs.glob("*.tmp"))
 
     filler.unlink()
-    assert main(_rebuild_argv(line)) == 0
+    command = shlex.split(line.split("once there is room: ", 1)[1])
+    assert command[:2] == ["python", str(RUNNER)], command
+    again = runner(*command[1:])
+    assert again.returncode == 0, again.stderr
     assert (tiny_fs / f"{RUN_ID}.xlsx").stat().st_size > 0
