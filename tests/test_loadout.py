@@ -253,12 +253,16 @@ def test_unknown_preset_is_named(tmp_path: Path) -> None:
 def test_apply_leaves_it_running_and_kill_stops_only_ours(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     write_tiny_gguf(tmp_path / "models" / "tiny.gguf")
-    cfg_path = _config(tmp_path, loadouts={"one": ["llamacpp:tiny.gguf#ctx=1024"]})
+    cfg_path = _config(
+        tmp_path,
+        loadouts={"one": ["llamacpp:tiny.gguf#ctx=1024"]},
+        guardrail={"assume_free_gib": 64.0},  # without NVML, no free figure is refused
+    )
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         result = _manage("--apply", "one", "--config", str(cfg_path), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert "started at ctx 1024" in result.stdout
+        assert "started at ctx 1024" in result.stdout and "GiB (theory)" in result.stdout
         status = json.loads(
             _manage("--status", "--json", "--config", str(cfg_path), cwd=tmp_path).stdout
         )
