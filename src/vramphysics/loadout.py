@@ -4,9 +4,11 @@
   each NVIDIA GPU (name, total, used, free; per process where the driver says), and predicted vs
   reported memory for what is loaded.
 - `apply`: the presets are `loadouts:` in config.yaml (lists of model IDs with their `#ctx`). The
-  predicted sum is checked against free device memory before anything starts; a loadout that
-  does not fit is refused, naming its biggest consumers. What is missing is started with the
-  planner's allocation and left running.
+  predicted sum (calibration, else theory from the model's metadata, labelled; vLLM at what it
+  reserves, utilization x total with the margin) is checked against free device memory before
+  anything starts; a loadout that does not fit is refused, naming its biggest consumers. What
+  cannot be checked (a model with neither calibration nor theory, no free-memory figure) is
+  refused unless `--force`. What is missing is started and left running.
 - `kill`: stop what this tool started or manages (recorded processes, labelled containers), and
   nothing else.
 """
@@ -18,12 +20,13 @@ import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vramphysics import physics_db
-from vramphysics.allocate import resolve_physics
+from vramphysics.allocate import Physics, Plan, plan_vllm, resolve_physics, select_physics
 from vramphysics.config import Config, load_config
 from vramphysics.engines import create_engine
 from vramphysics.engines.base import Engine, EngineStatus
@@ -31,6 +34,7 @@ from vramphysics.errors import ConfigError, EngineError, SetupError
 from vramphysics.physics_db import PhysicsEntry
 from vramphysics.probes import GpuInfo, nvml_status
 from vramphysics.setups import ENGINES, ModelSpec, parse_model_id
+from vramphysics.theory import Theory
 
 log = logging.getLogger(__name__)
 GIB = 2**30
@@ -124,16 +128,33 @@ def status(cfg: Config) -> LoadoutStatus:
 
 @dataclass(frozen=True)
 class LoadoutItem:
+    """One model of a preset and what its start will hold.
+
+    `required_bytes`: base + ctx x cost, or for vLLM what it reserves (utilization x total, the
+    margin included); None when neither a calibration nor a theory is known (`note` says why).
+    """
+
     spec: ModelSpec
     ctx: int
     required_bytes: float | None
-    source: str | None
+    source: str | None  # calibrated | theory | None: neither
+    note: str = ""
 
 
-def plan_loadout(cfg: Config, preset: str) -> tuple[list[LoadoutItem], int | None, str]:
+@dataclass(frozen=True)
+class LoadoutPlan:
+    """The items of a preset, the device they land on and its free memory (None: unknown)."""
+
+    items: tuple[LoadoutItem, ...]
+    free_bytes: int | None
+    device: str
+    free_why: str  # where the free figure came from, or why there is none
+
+
+def plan_loadout(cfg: Config, preset: str) -> LoadoutPlan:
     """The models of a preset with their predicted need, and the free device memory.
 
-    Raises ConfigError naming the preset when it does not exist or an ID is bad.
+    Raises ConfigError naming the preset when it does not exist or an ID is bad. Starts nothing.
     """
     if preset not in cfg.loadouts:
         have = ", ".join(cfg.loadouts) or "none"
@@ -144,8 +165,14 @@ def plan_loadout(cfg: Config, preset: str) -> tuple[list[LoadoutItem], int | Non
     gpu = next((g for g in nv.gpus if g.index == cfg.probes.gpu_index), None)
     device = gpu.name if gpu else "cpu"
     free: int | None = gpu.free_bytes if gpu else None
+    free_why = f"NVML: GPU {cfg.probes.gpu_index}" if gpu else f"NVML: {nv.reason}"
+    if gpu is None and nv.available:
+        free_why = f"NVML has no GPU {cfg.probes.gpu_index}"
     if cfg.guardrail.assume_free_gib is not None:
         free = int(cfg.guardrail.assume_free_gib * GIB)
+        free_why = "guardrail.assume_free_gib"
+    # vLLM's utilization is a share of the device's total (no GPU: of what is assumed free)
+    total = gpu.total_bytes if gpu else free
     entries = physics_db.load(physics_db.db_path(cfg.paths.calibration_dir))
     items = []
     for i, raw in enumerate(cfg.loadouts[preset]):
@@ -154,46 +181,157 @@ def plan_loadout(cfg: Config, preset: str) -> tuple[list[LoadoutItem], int | Non
         except SetupError as exc:
             raise ConfigError(exc.message, path=cfg.source, key=f"loadouts.{preset}[{i}]") from exc
         ctx = spec.ctx if spec.ctx is not None else max(cfg.sweep.contexts)
-        key = spec.key
-        try:
-            phys = resolve_physics(entries, spec.engine, key, device)
-            items.append(
-                LoadoutItem(
-                    spec, ctx, phys.base_bytes + ctx * phys.cost_per_token_bytes, phys.source
-                )
+        items.append(_item(cfg, entries, spec, ctx, device, total, on_gpu=gpu is not None))
+    return LoadoutPlan(tuple(items), free, device, free_why)
+
+
+def _item(
+    cfg: Config,
+    entries: list[PhysicsEntry],
+    spec: ModelSpec,
+    ctx: int,
+    device: str,
+    total: int | None,
+    *,
+    on_gpu: bool,
+) -> LoadoutItem:
+    physics, why = _physics(cfg, entries, spec, device)
+    if physics is None:
+        return LoadoutItem(spec, ctx, None, None, why)
+    need = physics.base_bytes + ctx * physics.cost_per_token_bytes
+    if spec.engine != "vllm" or total is None:
+        return LoadoutItem(spec, ctx, need, physics.source)
+    vcfg = cfg.engines.vllm
+    try:
+        plan = _preallocated_plan(physics, total, ctx, vcfg.utilization_margin)
+    except ValueError as exc:  # e.g. an entry whose cost per token is not > 0
+        return LoadoutItem(spec, ctx, None, None, f"no vLLM plan from its {physics.source}: {exc}")
+    util = plan.gpu_memory_utilization or 0.0
+    note = f"vLLM reserves {util:.3f} x {total / GIB:.2f} GiB, margin {vcfg.utilization_margin}"
+    if physics.source == "theory" and on_gpu and vcfg.default_gpu_memory_utilization > util:
+        # the vLLM engine sizes a start from the database only: uncalibrated, it takes the default
+        util = vcfg.default_gpu_memory_utilization
+        note = f"uncalibrated: vLLM starts it at default_gpu_memory_utilization {util}"
+    # a need above vLLM's cap is not clamped away: the sum must see it
+    reserved = max(util * total, need + vcfg.utilization_margin * total)
+    return LoadoutItem(spec, ctx, reserved, physics.source, note)
+
+
+def _preallocated_plan(physics: Physics, total: int, ctx: int, margin: float) -> Plan:
+    """vLLM's plan for one start: the one call of allocate's pre-allocating plan."""
+    return plan_vllm(physics, total_bytes=total, ctx=ctx, margin=margin)
+
+
+def _physics(
+    cfg: Config, entries: list[PhysicsEntry], spec: ModelSpec, device: str
+) -> tuple[Physics | None, str]:
+    """Calibrated physics on this device, else theory from the model's own metadata; else
+    (None, why)."""
+    if select_physics(entries, spec.engine, spec.key, device) is not None:
+        return resolve_physics(entries, spec.engine, spec.key, device), ""
+    theory, why = _theory(cfg, spec)
+    if theory is None:
+        return None, f"never calibrated on {device}, and no theory: {why}"
+    try:
+        return resolve_physics(entries, spec.engine, spec.key, device, theory), ""
+    except ConfigError as exc:  # a theory without a weights size
+        return None, f"never calibrated on {device}, and no theory: {exc.message}"
+
+
+def _theory(cfg: Config, spec: ModelSpec) -> tuple[Theory | None, str]:
+    """The engine's theory of a model, or (None, why). Starts nothing: an engine that serves
+    many models (Ollama) is asked only when its server already answers."""
+    state = cfg.paths.state_dir
+    engine = create_engine(spec.engine, cfg, state_dir=state, log_dir=state / "logs" / "loadout")
+    try:
+        if engine.serves_many_models and not engine.status().up:
+            return None, f"{engine.name} is not running, so its metadata cannot be read"
+        theory = engine.theory(spec)
+    except (ConfigError, EngineError, OSError, ValueError, KeyError) as exc:
+        return None, str(exc)
+    finally:
+        engine.close()
+    return theory, "" if theory is not None else f"{engine.name} has no metadata for it"
+
+
+def check_fits(
+    items: Sequence[LoadoutItem],
+    free_bytes: int | None,
+    device: str,
+    *,
+    free_why: str = "",
+    force: bool = False,
+) -> list[str]:
+    """Refusal reasons (empty: it fits, or `force` waives what cannot be checked). Pure.
+
+    What cannot be vouched for is refused unless `force`: a model with neither a calibration
+    nor a theory, and a device without a free-memory figure. A known sum above the free memory
+    is refused even with `force`.
+    """
+    refusals = []
+    if not force:
+        refusals += [
+            f"{it.spec.raw} has no prediction ({it.note}): calibrate it, or pass --force "
+            "to start it unchecked"
+            for it in items
+            if it.required_bytes is None
+        ]
+        if free_bytes is None:
+            refusals.append(
+                f"no free-memory figure for {device} ({free_why or 'unknown'}): set "
+                "guardrail.assume_free_gib, or pass --force to start unchecked"
             )
-        except ConfigError:
-            items.append(LoadoutItem(spec, ctx, None, None))
-    return items, free, device
-
-
-def check_fits(items: list[LoadoutItem], free_bytes: int | None, device: str) -> list[str]:
-    """Refusal reasons (empty: it fits or cannot be checked). Pure."""
     if free_bytes is None:
-        return []
+        return refusals
     known = [it for it in items if it.required_bytes is not None]
     total = sum(it.required_bytes or 0 for it in known)
     if total <= free_bytes:
-        return []
+        return refusals
     biggest = sorted(known, key=lambda it: -(it.required_bytes or 0))[:3]
-    names = ", ".join(f"{it.spec.raw} {(it.required_bytes or 0) / GIB:.2f} GiB" for it in biggest)
+    names = ", ".join(
+        f"{it.spec.raw} {(it.required_bytes or 0) / GIB:.2f} GiB ({it.source})" for it in biggest
+    )
     return [
-        f"the loadout needs {total / GIB:.2f} GiB but {free_bytes / GIB:.2f} GiB is free on {device}; "
-        f"biggest consumers: {names}"
+        *refusals,
+        f"the loadout needs {total / GIB:.2f} GiB but {free_bytes / GIB:.2f} GiB is free on "
+        f"{device}; biggest consumers: {names}",
     ]
 
 
-def apply(cfg: Config, preset: str, *, force_download: bool = False) -> list[str]:
-    """Start what is missing of a preset and leave it running. Returns what was done."""
-    items, free, device = plan_loadout(cfg, preset)
-    refusals = check_fits(items, free, device)
+def unchecked(plan: LoadoutPlan) -> list[str]:
+    """What `--force` let through without a check, one line each."""
+    lines = [
+        f"warning: {it.spec.raw}: not in the sum ({it.note}); started unchecked (--force)"
+        for it in plan.items
+        if it.required_bytes is None
+    ]
+    if plan.free_bytes is None:
+        lines.append(
+            f"warning: no free-memory figure for {plan.device} ({plan.free_why}); "
+            "the loadout was not checked (--force)"
+        )
+    return lines
+
+
+def apply(
+    cfg: Config, preset: str, *, force_download: bool = False, force: bool = False
+) -> list[str]:
+    """Start what is missing of a preset and leave it running. Returns what was done.
+
+    Refused (ConfigError) before anything starts when the preset does not fit, or when it
+    cannot be checked and `force` is not given.
+    """
+    plan = plan_loadout(cfg, preset)
+    refusals = check_fits(
+        plan.items, plan.free_bytes, plan.device, free_why=plan.free_why, force=force
+    )
     if refusals:
         raise ConfigError(
             "refused: " + "; ".join(refusals), path=cfg.source, key=f"loadouts.{preset}"
         )
-    done = []
+    done = unchecked(plan) if force else []
     ports: dict[str, int] = {}
-    for it in items:
+    for it in plan.items:
         name = it.spec.engine
         engine_cfg = getattr(cfg.engines, name)
         base_cfg = cfg
@@ -233,7 +371,8 @@ def apply(cfg: Config, preset: str, *, force_download: bool = False) -> list[str
             engine.wait_ready()
             engine.detach()
             need = (
-                f", predicted {it.required_bytes / GIB:.2f} GiB ({it.source})"
+                f", predicted {it.required_bytes / GIB:.2f} GiB ({it.source}"
+                + (f"; {it.note})" if it.note else ")")
                 if it.required_bytes
                 else ""
             )
@@ -302,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--force-download", action="store_true", help="with --apply: download missing models"
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --apply: start what cannot be checked (a model with neither a calibration "
+        "nor a theory, or no free-memory figure); a loadout known not to fit is still refused",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
@@ -323,7 +468,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     try:
         lines = (
-            apply(cfg, args.apply, force_download=args.force_download)
+            apply(cfg, args.apply, force_download=args.force_download, force=args.force)
             if args.apply
             else kill(cfg, args.kill)
         )

@@ -6,6 +6,7 @@ Every header states its unit and carries a comment saying what the column means.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Sequence
@@ -401,11 +402,20 @@ def write_report(path: Path, outcome: Outcome, extra: Sequence[ExtraSheet] = ())
     for sheet in extra:
         _sheet(wb, sheet.title, sheet.columns, sheet.rows)
 
+    # built in memory and written by us: a full disk is one OSError, not a half-written zip
+    # file whose garbage collection prints a second traceback from zipfile
+    buf = io.BytesIO()
+    wb.save(buf)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        wb.save(tmp)
+        try:
+            data = memoryview(buf.getvalue())
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,9 +8,11 @@ every finished row and `--resume` redoes nothing.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -64,6 +66,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 GIB = 2**30
+# the run finished (or stopped on a full disk) but the database or the report was not written;
+# the journal holds everything: `--report-only RUN_ID` (or `--resume RUN_ID`) once there is room
+EXIT_NOT_WRITTEN = 4
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_TMP_GRACE_S = 1.0  # a process record is written in microseconds: an older temp file is stale
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,7 +151,33 @@ def _check_writable(folder: Path, what: str) -> None:
         probe.write_text("ok", encoding="utf-8")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"{what} folder is not writable: {exc.strerror}", path=folder) from exc
+        state = "full" if exc.errno in _FULL else "not writable"
+        raise ConfigError(f"{what} folder is {state}: {exc.strerror}", path=folder) from exc
+
+
+def _write_failure(exc: OSError, folder: Path, what: str) -> str:
+    """One clause saying which folder is full, or what failed while writing `what`."""
+    if exc.errno in _FULL:
+        return f"the {what} folder {folder} is full ({exc.strerror})"
+    return f"could not write the {what} in {folder}: {exc.strerror or exc}"
+
+
+def remove_stale_proc_temps(state_dir: Path) -> list[Path]:
+    """Remove the empty `procs/*.tmp` files that a process record write cut short by a full disk
+    leaves behind; a temp file younger than a second may be another runner's write in flight."""
+    removed = []
+    now = time.time()
+    for tmp in (state_dir / "procs").glob("*.tmp"):  # the folder of engines/process.py records
+        try:
+            st = tmp.stat()
+            if st.st_size == 0 and now - st.st_mtime >= _TMP_GRACE_S:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            continue  # its writer finished it meanwhile
+    if removed:
+        log.info("removed %d empty process-record temp file(s) in %s", len(removed), tmp.parent)
+    return removed
 
 
 @dataclass
@@ -448,16 +481,92 @@ def _fail(run: _Run, spec: ModelSpec, engine: str, exc: EngineError, *, ctx: int
     )
 
 
-def finalize(cfg: Config, run_id: str, records: list[Record]) -> tuple[Outcome, Path]:
-    """Derive the database entries and the report from the journal's records."""
+@dataclass(frozen=True)
+class Finalized:
+    """What `finalize` wrote; an error says which folder was full (or what failed)."""
+
+    outcome: Outcome
+    db: Path
+    report: Path
+    db_error: str | None = None
+    report_error: str | None = None
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for e in (self.db_error, self.report_error) if e]
+
+
+def finalize(cfg: Config, run_id: str, records: list[Record]) -> Finalized:
+    """Derive the database entries, then the report, from the journal's records.
+
+    The database goes first: a report folder without room costs the report, not the entries.
+    An OSError while writing either (a full disk, a quota) is returned, not raised, so that the
+    other still gets written and the caller can say how to rebuild the rest.
+    """
+    remove_stale_proc_temps(cfg.paths.state_dir)
     outcome = build_outcome(records, min_points=cfg.sweep.min_points)
     db = physics_db.db_path(cfg.paths.calibration_dir)
-    entries = (
-        physics_db.write_entries(db, outcome.entries) if outcome.entries else physics_db.load(db)
-    )
+    db_error: str | None = None
+    try:
+        entries = (
+            physics_db.write_entries(db, outcome.entries)
+            if outcome.entries
+            else physics_db.load(db)
+        )
+    except OSError as exc:
+        db_error = _write_failure(exc, db.parent, "calibration")
+        entries = physics_db.merge(physics_db.load(db), outcome.entries)
     report = cfg.paths.report_dir / f"{run_id}.xlsx"
-    write_report(report, outcome, extra=[plan_sheet(entries)])
-    return outcome, report
+    report_error: str | None = None
+    try:
+        write_report(report, outcome, extra=[plan_sheet(entries)])
+    except OSError as exc:
+        report_error = _write_failure(exc, report.parent, "report")
+    return Finalized(outcome, db, report, db_error, report_error)
+
+
+def _rebuild_command(args: argparse.Namespace, run_id: str, *, resume: bool) -> str:
+    """The command that finishes (`--resume`) or rebuilds (`--report-only`) this run."""
+    if Path(sys.argv[0]).name == "runner.py":
+        argv = ["python", sys.argv[0]]
+    else:
+        argv = ["python", "-m", "vramphysics", "run"]
+    argv += ["--resume" if resume else "--report-only", run_id]
+    if args.config != Path("config.yaml"):
+        argv += ["--config", str(args.config)]
+    if resume and args.setups != Path("test_setups.yaml"):
+        argv += ["--setups", str(args.setups)]
+    return shlex.join(argv)
+
+
+def _not_written(
+    done: Finalized, args: argparse.Namespace, run_id: str, journal: Path, stopped: str | None
+) -> int:
+    """Say in one line what could not be written and how to rebuild it; EXIT_NOT_WRITTEN."""
+    errors = ([stopped] if stopped else []) + done.errors
+    lost = [
+        name
+        for name, err in (("the database entry", done.db_error), ("the report", done.report_error))
+        if err
+    ]
+    what = (" and ".join(lost) + " not written; ") if lost else ""
+    if stopped:
+        what += "the run stopped early; "
+    fix = _rebuild_command(args, run_id, resume=stopped is not None)
+    print(
+        f"vramphysics: {'; '.join(errors)}: {what}journal kept at {journal}; "
+        f"once there is room: {fix}",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_WRITTEN
+
+
+def _print_done(run_id: str, done: Finalized, journal: Path) -> None:
+    counts = done.outcome.status_counts()
+    print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(f"physics database: {done.db}" + (" (NOT written)" if done.db_error else ""))
+    print(f"report: {done.report}" + (" (NOT written)" if done.report_error else ""))
+    print(f"journal: {journal}")
 
 
 def _close(engine: Engine) -> None:
@@ -561,10 +670,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     install_log_redaction()
     cfg = load_config(args.config)
     if args.report_only:
-        records = read_journal(journal_path(cfg.paths.report_dir, args.report_only))
-        _outcome, report = finalize(cfg, args.report_only, records)
-        print(f"report: {report}")
-        return 0
+        kept = journal_path(cfg.paths.report_dir, args.report_only)
+        result = finalize(cfg, args.report_only, read_journal(kept))
+        _print_done(args.report_only, result, kept)
+        return _not_written(result, args, args.report_only, kept, None) if result.errors else 0
     setups = load_setups(args.setups)
     chosen = select_setups(setups, args.setup_names, path=args.setups)
     _validate_models(cfg, setups, chosen, args.setups)
@@ -581,6 +690,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"stopped a leftover engine from an earlier run: {rec.label} (pid {rec.pid})",
             file=sys.stderr,
         )
+    remove_stale_proc_temps(cfg.paths.state_dir)
 
     done: list[Record] = []
     if args.resume:
@@ -612,18 +722,22 @@ def run_from_args(args: argparse.Namespace) -> int:
         probe, why = choose_probe(cfg.probes.prefer, lambda: None, cfg.probes.gpu_index, nvml)
         probe_name = probe.name
         probe.close()
-        if not any(isinstance(r, RunHeader) for r in done):
-            run.record(
-                _header(
-                    run, args, [s for s in dict.fromkeys(n for n, _ in chosen)], why, probe_name
-                )
-            )
-        log.info("run %s: %d model(s), probe: %s", run_id, len(chosen), why)
+        stopped: str | None = None  # why the sweep stopped early: a full disk
         try:
+            if not any(isinstance(r, RunHeader) for r in done):
+                names = list(dict.fromkeys(n for n, _ in chosen))
+                run.record(_header(run, args, names, why, probe_name))
+            log.info("run %s: %d model(s), probe: %s", run_id, len(chosen), why)
             for setup, spec in chosen:
                 _model_step(run, setup, spec)
         except Interrupted as exc:
             log.warning("interrupted by signal %d: stopping engines", exc.signum)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            where = f" at {exc.filename}" if exc.filename else ""
+            stopped = f"no space left on device{where} (journal, engine log or process record)"
+            log.warning("%s: the run stops here; engines stopped, journal kept", stopped)
         finally:
             for engine in run.engines.values():
                 _close(engine)
@@ -637,11 +751,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             return exit_code
         sig.finishing = True
         records = read_journal(journal.path)
-        outcome, report = finalize(cfg, run_id, records)
-    exit_code = 128 + sig.signum if sig.signum else 0
-    counts = outcome.status_counts()
-    print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    print(f"physics database: {physics_db.db_path(cfg.paths.calibration_dir)}")
-    print(f"report: {report}")
-    print(f"journal: {journal.path}")
-    return exit_code
+        result = finalize(cfg, run_id, records)
+    _print_done(run_id, result, journal.path)
+    if result.errors or stopped:
+        code = _not_written(result, args, run_id, journal.path, stopped)
+        return 128 + sig.signum if sig.signum else code
+    return 128 + sig.signum if sig.signum else 0
