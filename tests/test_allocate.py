@@ -506,3 +506,21 @@ def test_device_memory_of_the_pinned_gpus() -> None:
         "NVIDIA GeForce RTX 4090", 24 * GIB, GIB, (1,)
     )
     assert device_memory([], None, assume_free_bytes=GIB) == DeviceMemory("cpu", GIB, GIB)
+
+
+def test_an_entry_without_recorded_settings_stands_in_only_when_none_matches() -> None:
+    """A hand-written entry (no settings) serves any settings until a calibration with the
+    engine's own settings exists; then that one is used."""
+    from vramphysics.allocate import select_physics
+    from vramphysics.physics_db import settings_tag
+
+    q8 = {"kv_cache_type": "q8_0", "num_parallel": 1}
+    hand = entry(base=9 * GIB)
+    assert not hand.settings_known
+    own = dataclasses.replace(entry(base=7 * GIB), settings=q8)
+    tag = settings_tag(q8)
+    assert select_physics([hand], "vllm", hand.model, H100, settings=tag) == hand
+    assert resolve_physics([hand], "vllm", hand.model, H100, settings=tag).base_bytes == 9 * GIB
+    assert select_physics([hand, own], "vllm", hand.model, H100, settings=tag) == own
+    other = settings_tag({"kv_cache_type": "f16", "num_parallel": 1})
+    assert select_physics([own], "vllm", hand.model, H100, settings=other) is None

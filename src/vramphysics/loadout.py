@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vramphysics import physics_db
-from vramphysics.allocate import Physics, Plan, plan_vllm, resolve_physics, select_physics
+from vramphysics.allocate import Physics, Plan, plan_preallocated, resolve_physics, select_physics
 from vramphysics.config import Config, load_config
 from vramphysics.engines import create_engine
 from vramphysics.engines.base import Engine, EngineStatus
@@ -219,38 +219,40 @@ def _item(
 
 def _preallocated_plan(physics: Physics, total: int, ctx: int, margin: float) -> Plan:
     """vLLM's plan for one start: the one call of allocate's pre-allocating plan."""
-    return plan_vllm(physics, total_bytes=total, ctx=ctx, margin=margin)
+    return plan_preallocated(physics, total_bytes=total, ctx=ctx, margin=margin)
 
 
 def _physics(
     cfg: Config, entries: list[PhysicsEntry], spec: ModelSpec, device: str
 ) -> tuple[Physics | None, str]:
-    """Calibrated physics on this device, else theory from the model's own metadata; else
-    (None, why)."""
-    if select_physics(entries, spec.engine, spec.key, device) is not None:
-        return resolve_physics(entries, spec.engine, spec.key, device), ""
-    theory, why = _theory(cfg, spec)
-    if theory is None:
-        return None, f"never calibrated on {device}, and no theory: {why}"
-    try:
-        return resolve_physics(entries, spec.engine, spec.key, device, theory), ""
-    except ConfigError as exc:  # a theory without a weights size
-        return None, f"never calibrated on {device}, and no theory: {exc.message}"
-
-
-def _theory(cfg: Config, spec: ModelSpec) -> tuple[Theory | None, str]:
-    """The engine's theory of a model, or (None, why). Starts nothing: an engine that serves
-    many models (Ollama) is asked only when its server already answers."""
+    """Calibrated physics on this device with the engine's own settings, else theory from the
+    model's own metadata; else (None, why). Starts nothing."""
     state = cfg.paths.state_dir
     engine = create_engine(spec.engine, cfg, state_dir=state, log_dir=state / "logs" / "loadout")
+    try:
+        tag = physics_db.settings_tag(engine.settings())
+        if select_physics(entries, spec.engine, spec.key, device, settings=tag) is not None:
+            return resolve_physics(entries, spec.engine, spec.key, device, settings=tag), ""
+        theory, why = _theory(engine, spec)
+        if theory is None:
+            return None, f"never calibrated on {device} with {tag}, and no theory: {why}"
+        try:
+            return resolve_physics(entries, spec.engine, spec.key, device, theory, tag), ""
+        except ConfigError as exc:  # a theory without a weights size
+            return None, f"never calibrated on {device}, and no theory: {exc.message}"
+    finally:
+        engine.close()
+
+
+def _theory(engine: Engine, spec: ModelSpec) -> tuple[Theory | None, str]:
+    """The engine's theory of a model, or (None, why). An engine that serves many models
+    (Ollama) is asked only when its server already answers."""
     try:
         if engine.serves_many_models and not engine.status().up:
             return None, f"{engine.name} is not running, so its metadata cannot be read"
         theory = engine.theory(spec)
     except (ConfigError, EngineError, OSError, ValueError, KeyError) as exc:
         return None, str(exc)
-    finally:
-        engine.close()
     return theory, "" if theory is not None else f"{engine.name} has no metadata for it"
 
 

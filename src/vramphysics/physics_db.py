@@ -184,6 +184,11 @@ class PhysicsEntry:
         return settings_tag(self.settings)
 
     @property
+    def settings_known(self) -> bool:
+        """False for an entry whose memory settings were never recorded (one written by hand)."""
+        return bool(memory_settings(self.settings))
+
+    @property
     def key(self) -> tuple[str, str, str, str, str]:
         return (self.engine, self.model, self.device, self.settings_tag, self.probe)
 

@@ -178,3 +178,35 @@ def test_config_port_is_a_number_or_auto(tmp_path: Path, text: str, ok: bool) ->
         with pytest.raises(ConfigError) as info:
             load_config(path)
         assert "engines.llamacpp.port" in str(info.value)
+
+
+def test_a_process_whose_record_cannot_be_written_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full while recording a started engine: the engine is stopped, not left behind."""
+    import errno
+    import sys
+
+    from vramphysics.engines import process
+
+    def full(*_a: object, **_k: object) -> Path:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(process, "_write_record", full)
+    started: list[int] = []
+    real_popen = process.subprocess.Popen
+
+    def popen(*a: object, **k: object) -> object:
+        p = real_popen(*a, **k)  # type: ignore[call-overload]
+        started.append(p.pid)
+        return p
+
+    monkeypatch.setattr(process.subprocess, "Popen", popen)
+    with pytest.raises(OSError, match="No space"):
+        process.ManagedProcess(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            log_path=tmp_path / "x.log",
+            label="sleeper",
+            state_dir=tmp_path / "state",
+        )
+    assert started and not psutil.pid_exists(started[0])

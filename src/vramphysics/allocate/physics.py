@@ -40,8 +40,15 @@ def select_physics(
     """
     own = _on_device(entries, engine, model, device)
     if settings is not None:
-        own = [e for e in own if tag_matches(e.settings_tag, settings)]
+        own = _with_settings(own, settings)
     return _best_probe(own) if own else None
+
+
+def _with_settings(own: Sequence[PhysicsEntry], settings: str) -> list[PhysicsEntry]:
+    """The entries calibrated with `settings`; if none, those whose settings were never
+    recorded (written by hand), which stand in for any."""
+    matching = [e for e in own if tag_matches(e.settings_tag, settings)]
+    return matching or [e for e in own if not e.settings_known]
 
 
 def calibrated_devices(entries: Iterable[PhysicsEntry], engine: str, model: str) -> list[str]:
@@ -109,7 +116,7 @@ def _choose_entry(
     if not own:
         return None, f"{engine} / {model} was never calibrated on {device}"
     if settings is not None:
-        matching = [e for e in own if tag_matches(e.settings_tag, settings)]
+        matching = _with_settings(own, settings)
         if not matching:
             return None, (
                 f"no calibration of {engine} / {model} on {device} has settings {settings!r} "

@@ -94,7 +94,14 @@ class ManagedProcess:
         self.pid = self._popen.pid
         self._record_path: Path | None = None
         if state_dir is not None:
-            self._record_path = _write_record(state_dir, self.pid, label, self.argv[0], log_path)
+            try:
+                self._record_path = _write_record(
+                    state_dir, self.pid, label, self.argv[0], log_path
+                )
+            except OSError:  # e.g. a full disk: a process nobody records must not outlive us
+                self.stop(timeout_s=5.0)
+                (state_dir / _PROCS / f"{self.pid}.tmp").unlink(missing_ok=True)
+                raise
 
     @property
     def returncode(self) -> int | None:
