@@ -49,7 +49,7 @@ from vramphysics.records import (
     Warning_,
 )
 from vramphysics.redact import RedactingFilter, redact
-from vramphysics.report import plan_sheet, write_report
+from vramphysics.report import ReportFiles, run_end_text, write_reports
 from vramphysics.setups import ModelSpec, load_setups, select_setups
 from vramphysics.yamlio import load_yaml
 
@@ -423,16 +423,15 @@ def _fail(run: _Run, spec: ModelSpec, engine: str, exc: EngineError, *, ctx: int
     )
 
 
-def finalize(cfg: Config, run_id: str, records: list[Record]) -> tuple[Outcome, Path]:
-    """Derive the database entries and the report from the journal's records."""
+def finalize(cfg: Config, run_id: str, records: list[Record]) -> tuple[Outcome, ReportFiles]:
+    """Derive the database entries and the report (xlsx and html) from the journal's records."""
     outcome = build_outcome(records, min_points=cfg.sweep.min_points)
     db = physics_db.db_path(cfg.paths.calibration_dir)
     entries = (
         physics_db.write_entries(db, outcome.entries) if outcome.entries else physics_db.load(db)
     )
     report = cfg.paths.report_dir / f"{run_id}.xlsx"
-    write_report(report, outcome, extra=[plan_sheet(entries)])
-    return outcome, report
+    return outcome, write_reports(report, outcome, entries)
 
 
 def _close(engine: Engine) -> None:
@@ -525,9 +524,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         handler.addFilter(RedactingFilter())
     cfg = load_config(args.config)
     if args.report_only:
-        records = read_journal(journal_path(cfg.paths.report_dir, args.report_only))
-        _outcome, report = finalize(cfg, args.report_only, records)
-        print(f"report: {report}")
+        journal_file = journal_path(cfg.paths.report_dir, args.report_only)
+        _outcome, files = finalize(cfg, args.report_only, read_journal(journal_file))
+        print(_run_end(cfg, files, journal_file))
         return 0
     setups = load_setups(args.setups)
     chosen = select_setups(setups, args.setup_names, path=args.setups)
@@ -601,11 +600,17 @@ def run_from_args(args: argparse.Namespace) -> int:
             return exit_code
         sig.finishing = True
         records = read_journal(journal.path)
-        outcome, report = finalize(cfg, run_id, records)
+        outcome, files = finalize(cfg, run_id, records)
     exit_code = 128 + sig.signum if sig.signum else 0
     counts = outcome.status_counts()
     print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    print(f"physics database: {physics_db.db_path(cfg.paths.calibration_dir)}")
-    print(f"report: {report}")
-    print(f"journal: {journal.path}")
+    print(_run_end(cfg, files, journal.path))
     return exit_code
+
+
+def _run_end(cfg: Config, files: ReportFiles, journal: Path) -> str:
+    """The answer table and where the report, the database and the journal are."""
+    database = physics_db.db_path(cfg.paths.calibration_dir)
+    return run_end_text(
+        files.answers, xlsx=files.xlsx, html=files.html, database=database, journal=journal
+    )
