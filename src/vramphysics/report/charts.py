@@ -15,7 +15,15 @@ from openpyxl import Workbook
 from openpyxl.chart import Reference, ScatterChart, Series
 from openpyxl.chart.marker import Marker
 from openpyxl.chart.shapes import GraphicalProperties
+from openpyxl.chart.text import RichText, Text
+from openpyxl.chart.title import Title
 from openpyxl.drawing.line import LineProperties
+from openpyxl.drawing.text import (
+    CharacterProperties,
+    Paragraph,
+    ParagraphProperties,
+    RegularTextRun,
+)
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
@@ -30,6 +38,9 @@ BAND_ROWS = 18  # rows per model: a label row, the charts, a gap
 GRID_COL_WIDTH = 10.0
 GRID_ROW_HEIGHT_PT = 15.0
 CHARTS_PER_BAND = 3
+TITLE_SIZE = 1100  # 11 pt
+AXIS_TITLE_SIZE = 900
+ENGINE_KV_NOTE = "vLLM reserves its KV pool up front: the points are the whole reservation"
 # Columns of the sheets the charts read (1-based, as in columns.py)
 POINTS_CTX, POINTS_MEASURED = 3, 4
 BENCH_CTX, BENCH_TTFT, BENCH_DECODE, BENCH_PROMPT = 3, 4, 5, 9
@@ -74,12 +85,19 @@ def write_line_data(ws: Worksheet, series: Sequence[ModelSeries]) -> dict[str, L
     return blocks
 
 
+def _title(text: str, size: int) -> Title:
+    """A chart or axis title at `size` hundredths of a point (openpyxl's default is 18 pt)."""
+    props = CharacterProperties(sz=size, b=True)
+    para = Paragraph(pPr=ParagraphProperties(defRPr=props), r=[RegularTextRun(rPr=props, t=text)])
+    return Title(tx=Text(rich=RichText(p=[para])), overlay=False)
+
+
 def _chart(title: str, x_title: str, y_title: str) -> ScatterChart:
     chart = ScatterChart()
-    chart.title = title
+    chart.title = _title(title, TITLE_SIZE)
     chart.style = 2
-    chart.x_axis.title = x_title
-    chart.y_axis.title = y_title
+    chart.x_axis.title = _title(x_title, AXIS_TITLE_SIZE)
+    chart.y_axis.title = _title(y_title, AXIS_TITLE_SIZE)
     chart.x_axis.delete = False  # openpyxl 3.1 hides the axes unless told
     chart.y_axis.delete = False
     chart.x_axis.number_format = "#,##0"
@@ -112,12 +130,7 @@ def memory_chart(
     s: ModelSeries, points: Worksheet, rows: Range, data: Worksheet, block: LineBlock | None
 ) -> ScatterChart:
     """Measured points, fitted line and theory line on one chart, in MiB."""
-    note = (
-        " (vLLM reserves its pool up front: points are the whole reservation)"
-        if s.engine_kv
-        else ""
-    )
-    chart = _chart(f"{s.model}: memory vs context{note}", "Context (tokens)", "Memory (MiB)")
+    chart = _chart(f"{s.model}: memory vs context", "Context (tokens)", "Memory (MiB)")
     chart.series.append(
         _series(points, POINTS_CTX, POINTS_MEASURED, rows, "measured", True, "1F77B4")
     )
@@ -152,6 +165,12 @@ def bench_charts(s: ModelSeries, bench: Worksheet, rows: Range) -> list[ScatterC
 
 
 def _grid(ws: Worksheet, bands: int) -> None:
+    """Set every column and row the charts sit on, so their places are known exactly; print
+    the sheet landscape, one page wide."""
+    ws.page_setup.orientation = "landscape"
+    ws.page_setup.fitToWidth = 1
+    ws.page_setup.fitToHeight = 0
+    ws.sheet_properties.pageSetUpPr.fitToPage = True
     for c in range(1, SLOT_COLS * CHARTS_PER_BAND + 1):
         ws.column_dimensions[get_column_letter(c)].width = GRID_COL_WIDTH
     for r in range(1, bands * BAND_ROWS + 1):
@@ -175,9 +194,9 @@ def add_charts(
     _grid(ws, len(drawn))
     for band, s in enumerate(drawn):
         top = band * BAND_ROWS + 1
-        ws.cell(
-            row=top, column=1, value=f"{s.model} ({s.engine}, {s.device or 'no device'})"
-        ).font = Font(bold=True)
+        label = f"{s.model} ({s.engine}, {s.device or 'no device'})"
+        note = f": {ENGINE_KV_NOTE}" if s.engine_kv else ""
+        ws.cell(row=top, column=1, value=label + note).font = Font(bold=True)
         charts: list[ScatterChart] = []
         if s.model in point_ranges:
             charts.append(

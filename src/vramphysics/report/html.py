@@ -41,6 +41,7 @@ figcaption { font-size: .8rem; color: #555; }
   td { border: none; border-bottom: 1px solid #e3e3e3; text-align: left !important;
        white-space: normal; }
   td::before { content: attr(data-label) ": "; font-weight: 600; }
+  td:empty { display: none; }
 }
 @media print { body { max-width: none; padding: 0; } .table-wrap { overflow: visible; }
   h2 { break-after: avoid; } section { break-inside: avoid; } }

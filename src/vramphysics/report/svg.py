@@ -19,6 +19,7 @@ from vramphysics.report.series import ModelSeries
 
 GIB = 2**30
 MIB = 2**20
+FIGSIZE = (4.6, 3.4)  # inches; every chart the same, so their text is the same size
 _PROLOG = re.compile(r"^.*?(?=<svg)", re.DOTALL)
 
 
@@ -68,7 +69,8 @@ def _scatter(
     ax.plot([x for x, _ in xy], [y for _, y in xy], "o-", color=color)
     title, xlabel, ylabel = labels
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0, top=max(y for _, y in xy) * 1.15)
+    ax.set_xlim(left=0, right=max(x for x, _ in xy) * 1.15)  # one point still has a scale
 
 
 def model_figures(s: ModelSeries) -> list[tuple[str, str]]:
@@ -76,18 +78,18 @@ def model_figures(s: ModelSeries) -> list[tuple[str, str]]:
     out = []
     with rc_context({"svg.fonttype": "none", "font.size": 9}):  # text stays text
         if s.has_memory_chart:
-            fig = Figure(figsize=(5.2, 3.4))
+            fig = Figure(figsize=FIGSIZE)
             _memory(fig.add_subplot(), s)
             alt = f"{s.model}: memory vs context"
             out.append((alt, _to_svg(fig, alt)))
         if s.ttft:
-            fig = Figure(figsize=(4.2, 3.4))
+            fig = Figure(figsize=FIGSIZE)
             labels = ("TTFT p50 vs prompt", "Prompt (tokens)", "TTFT p50 (ms)")
             _scatter(fig.add_subplot(), s.ttft, "#d62728", labels)
             alt = f"{s.model}: TTFT p50 vs prompt tokens"
             out.append((alt, _to_svg(fig, alt)))
         if s.decode:
-            fig = Figure(figsize=(4.2, 3.4))
+            fig = Figure(figsize=FIGSIZE)
             labels = ("Decode vs context", "Context (tokens)", "Decode (tokens/s)")
             _scatter(fig.add_subplot(), s.decode, "#9467bd", labels)
             alt = f"{s.model}: decode tokens/s vs context"

@@ -160,6 +160,10 @@ def answer_sheet(wb: Workbook, answers: tuple[AnswerRow, ...]) -> Worksheet:
     """The first sheet: one answer per model, coloured by status, each figure commented."""
     ws = write_sheet(wb, "Answer", ANSWER_COLUMNS, answer_table(answers))
     wb.move_sheet(ws, offset=-len(wb.sheetnames) + 1)
+    ws.page_setup.orientation = "landscape"  # printed: one page wide
+    ws.page_setup.fitToWidth = 1
+    ws.page_setup.fitToHeight = 0
+    ws.sheet_properties.pageSetUpPr.fitToPage = True
     fill_status(ws, 4, ok_fill=FILL_OK)
     headers = [c.header for c in ANSWER_COLUMNS]
     for r, a in enumerate(answers, start=2):
