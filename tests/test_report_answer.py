@@ -160,3 +160,30 @@ def test_terminal_table(tmp_path: Path) -> None:
     assert "physics database: calibration/physics.yaml" in text
     assert "journal:          reports/r.jsonl" in text
     assert answer_table_text(()) == "model  status  max context  util  TTFT p50  tok/s"
+
+
+DEMO_JOURNAL = Path(__file__).parent / "fixtures" / "report" / "demo.journal.jsonl"
+
+
+def test_real_demo_answer_agrees_with_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The journal of a real demo run: its Answer row and `plan` on the same entry and device."""
+    from vramphysics.journal import read_journal
+
+    db, answers = _answers(read_journal(DEMO_JOURNAL), tmp_path)
+    (a,) = answers.values()
+    assert a.model == "llamacpp:tiny-llama.gguf" and a.status == "OK" and a.device == "cpu"
+    total = 25276510208  # the run header's RAM; used by others unknown: 0
+    assert a.free_bytes == total and a.ctx == 8192  # no #ctx: the benchmark's context
+    for used, figure in ((0, a.max_context), (total - int(0.9 * total), a.max_context_90)):
+        plan = _plan_json(
+            capsys, db, "llamacpp", "llamacpp:tiny-llama.gguf", "cpu",
+            "--total-gib", repr(total / GIB), "--used-gib", repr(used / GIB), "--ctx", "8192",
+        )  # fmt: skip
+        assert figure == plan["max_context"] and plan["fits"] is True
+        assert a.required_bytes == pytest.approx(plan["required_bytes"])
+    assert a.max_context_90 is not None and a.max_context is not None
+    assert 0.85 < a.max_context_90 / a.max_context < 0.9  # 90 % of free, less the same base
+    assert a.measured_over_theory is not None and 0.9 < a.measured_over_theory < 1.2
+    assert a.small is not None and a.small.decode_tokens_per_s is not None
