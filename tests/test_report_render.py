@@ -59,7 +59,7 @@ def test_libreoffice_draws_the_charts(report: ReportFiles, tmp_path: Path) -> No
     assert done.returncode == 0 and pdf.exists(), done.stdout + done.stderr
     assert "repair" not in (done.stdout + done.stderr).lower()
     subprocess.run(
-        [pdftoppm, "-r", "60", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=120
+        [pdftoppm, "-r", "120", "-png", str(pdf), str(tmp_path / "page")], check=True, timeout=120
     )
     pages = sorted(tmp_path.glob("page*.png"))
     assert pages

@@ -59,11 +59,34 @@ _LOW_GOOD = ("63BE7B", "FFEB84", "F8696B")
 _HIGH_GOOD = ("F8696B", "FFEB84", "63BE7B")
 
 
+def _shown(value: Any, number_format: str | None) -> int:
+    """About how many characters a cell shows: the figure with separators and its unit."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return len(str(value))
+    unit = number_format.split('"')[1] if number_format and '"' in number_format else ""
+    decimals = (
+        len(number_format.split(".")[1].split(" ")[0])
+        if number_format and "." in number_format
+        else (0 if number_format else 3)
+    )
+    return len(f"{value:,.{decimals}f}") + len(unit) + 1
+
+
 def _fit_width(col: Column, values: Sequence[Any]) -> float:
-    """Wide enough for the values (and a short header), never wider than the column allows."""
-    longest = max((len(str(v)) for v in values if v is not None), default=0)
-    unit = 6 if col.number_format and '"' in col.number_format else 0
-    return float(max(8, min(col.width, max(longest + unit + 2, min(len(col.header), 14)))))
+    """Wide enough for every figure (never ###), text up to the column's own limit."""
+    figures = [_shown(v, col.number_format) for v in values if isinstance(v, (int, float))]
+    texts = [len(str(v)) for v in values if v is not None and not isinstance(v, (int, float))]
+    text_width = min(col.width, max(texts, default=0))
+    return float(max(8, min(len(col.header), 14), text_width + 2, max(figures, default=0) + 2))
+
+
+def _header_height(columns: Sequence[Column], ws: Worksheet) -> float:
+    """Tall enough for the longest wrapped header (LibreOffice does not grow it itself)."""
+    lines = 1
+    for i, col in enumerate(columns, start=1):
+        width = ws.column_dimensions[get_column_letter(i)].width or 8
+        lines = max(lines, -(-len(col.header) // max(int(width) - 1, 1)))
+    return 15.0 * lines
 
 
 def write_sheet(
@@ -86,6 +109,7 @@ def write_sheet(
         cell.comment = Comment(col.comment, AUTHOR)
         values = [row[i - 1] for row in rows if len(row) >= i]
         ws.column_dimensions[get_column_letter(i)].width = _fit_width(col, values)
+    ws.row_dimensions[1].height = _header_height(columns, ws)
     ws.freeze_panes = "B2" if columns and columns[0].header == "Model" else "A2"
     if columns:
         ws.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{max(len(rows) + 1, 2)}"
