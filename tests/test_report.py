@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 from openpyxl import Workbook, load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
+from report_data import FAILED_ID, MIB, MISSING_ID, OK_ID, SECRET, VLLM_ID, records, vllm_records
 
 from vramphysics.outcome import build_outcome
-from vramphysics.records import (
-    BenchResult,
-    CalibrationPoint,
-    ModelInfo,
-    Record,
-    RunHeader,
-    StatusRow,
-    Warning_,
-)
 from vramphysics.report import (
     BENCH_COLUMNS,
     CALIBRATION_COLUMNS,
@@ -30,121 +22,8 @@ from vramphysics.report import (
 )
 
 GIB = 2**30
-MIB = 2**20
-SECRET = "hf_sekrit_value_0123456789"
-OK_ID = "llamacpp:tiny.gguf#ctx=2048"
-MISSING_ID = "ol_not-pulled:7b"
-FAILED_ID = "llamacpp:huge.gguf"
 YELLOW = "FFF2CC"
 RED = "F4C7C3"
-
-
-def _header() -> RunHeader:
-    return RunHeader(
-        run_id="20260101-000000",
-        started_at="2026-01-01T00:00:00+00:00",
-        host="box",
-        platform="Linux",
-        python="3.12",
-        git_commit="abc1234",
-        tool_version="0.1.0",
-        config_path="config.yaml",
-        setups_path="test_setups.yaml",
-        setups=["demo"],
-        probe="process",
-        probe_reason="no NVIDIA GPU",
-        devices=[{"name": "cpu", "total_bytes": 16 * GIB}],
-        driver=None,
-        sweep_contexts=[512, 1024, 2048],
-        argv=["runner.py", "--token", SECRET],
-    )
-
-
-def _point(ctx: int) -> CalibrationPoint:
-    return CalibrationPoint(
-        model=OK_ID,
-        engine="llamacpp",
-        ctx=ctx,
-        probe="process",
-        device="cpu",
-        measured_bytes=int(1e8 + 4096 * ctx),
-        peak_bytes=int(1e8 + 4096 * ctx) + MIB,
-        baseline_bytes=0,
-        n_samples=20,
-        ready_s=1.5,
-        engine_version="llama.cpp b1",
-        engine_components={"source": "llamacpp-log", "kv_pool_bytes": 4096 * ctx, "kv_tokens": ctx},
-        at="2026-01-01T00:01:00+00:00",
-    )
-
-
-def records() -> list[Record]:
-    return [
-        _header(),
-        ModelInfo(
-            model=OK_ID,
-            setup="demo",
-            engine="llamacpp",
-            engine_version="llama.cpp b1",
-            available=True,
-            location="/m/tiny.gguf",
-            theory={"kv_bytes_per_token": 4096.0, "weights_bytes": GIB},
-            settings={},
-        ),
-        _point(512),
-        _point(1024),
-        _point(2048),
-        BenchResult(
-            model=OK_ID,
-            engine="llamacpp",
-            ctx=2048,
-            ttft_ms=12.3456,
-            output_tokens=64,
-            prompt_tokens=17,
-            token_source="engine-usage",
-            decode_tokens_per_s=250.0,
-            e2e_tokens_per_s=200.0,
-            prefill_tokens_per_s=1360.0,
-            setup_s=2.0,
-            exec_s=0.32,
-            cleanup_s=0.1,
-            peak_bytes=2 * GIB,
-            probe="process",
-            device="cpu",
-            engine_version="llama.cpp b1",
-        ),
-        StatusRow(model=OK_ID, engine="llamacpp", status="OK", reason="3 points"),
-        ModelInfo(
-            model=MISSING_ID,
-            setup="demo",
-            engine="ollama",
-            engine_version="ollama 0.5",
-            available=False,
-            location=None,
-            theory=None,
-            settings={},
-        ),
-        StatusRow(
-            model=MISSING_ID, engine="ollama", status="MISSING", reason="not in `ollama list`"
-        ),
-        Warning_(model=MISSING_ID, engine="ollama", ctx=8192, message="predicted 9 GiB > 8 GiB"),
-        StatusRow(
-            model=FAILED_ID,
-            engine="llamacpp",
-            status="FAILED",
-            reason=f"download refused with token {SECRET}",
-            failure_kind="cuda_oom",
-            ctx=8192,
-            log_tail=f"HF_TOKEN={SECRET}\nCUDA error: out of memory",
-            max_context=4096,
-        ),
-        StatusRow(
-            model=FAILED_ID,
-            engine="llamacpp",
-            status="FAILED",
-            reason="no context could be measured",
-        ),
-    ]
 
 
 @pytest.fixture
@@ -175,7 +54,18 @@ def _fill(ws: Worksheet, row: int, col: int) -> str:
 
 
 def test_sheets(workbook: Workbook) -> None:
-    assert workbook.sheetnames == ["Summary", "Calibration", "Points", "Benchmarks", "Failures"]
+    assert workbook.sheetnames == [
+        "Answer",
+        "Charts",
+        "Summary",
+        "Calibration",
+        "Points",
+        "Benchmarks",
+        "Failures",
+        "ChartData",
+    ]
+    assert workbook["ChartData"].sheet_state == "hidden"
+    assert workbook.active.title == "Answer"
 
 
 @pytest.mark.parametrize(
@@ -337,7 +227,7 @@ def test_extra_sheet(tmp_path: Path) -> None:
     )
     path = write_report(tmp_path / "r.xlsx", build_outcome([]), extra=[extra])
     wb = load_workbook(path)
-    assert wb.sheetnames[-1] == "Plan"
+    assert wb.sheetnames[-1] == "Plan"  # Answer first, extra sheets after the data
     ws = wb["Plan"]
     assert ws["A1"].comment is not None and ws["A1"].comment.text == "planned context"
     assert [[c.value for c in row] for row in ws.iter_rows(min_row=2)] == [
@@ -348,7 +238,8 @@ def test_extra_sheet(tmp_path: Path) -> None:
 
 def test_an_empty_outcome_still_writes_every_sheet(tmp_path: Path) -> None:
     wb = load_workbook(write_report(tmp_path / "empty.xlsx", build_outcome([])))
-    assert wb.sheetnames == ["Summary", "Calibration", "Points", "Benchmarks", "Failures"]
+    # nothing to draw: no Charts sheet and no hidden data; the Answer sheet is still first
+    assert wb.sheetnames == ["Answer", "Summary", "Calibration", "Points", "Benchmarks", "Failures"]
     assert wb["Calibration"].max_row == 1
 
 
@@ -361,3 +252,33 @@ def test_missing_and_failed_rows_in_benchmarks(workbook: Workbook) -> None:
     assert ws.cell(row=failed, column=status_col).value == "FAILED"
     assert _fill(ws, missing, 1).endswith(YELLOW)
     assert _fill(ws, failed, 1).endswith(RED)
+
+
+def test_engine_kv_entries_show_no_residual_and_name_their_spread(tmp_path: Path) -> None:
+    """vLLM's engine-KV fit is not a regression over the points: no residuals, and the
+    half-range of its two starts is called a spread of starts, not a standard error."""
+    path = write_report(tmp_path / "v.xlsx", build_outcome(records() + vllm_records()[1:]))
+    wb = load_workbook(path)
+    points = _rows(wb["Points"])
+    vllm = [p for p in points if p["Model"] == VLLM_ID]
+    assert len(vllm) == 2
+    assert [p["Fit residual (MiB)"] for p in vllm] == [None, None]
+    fitted = [p for p in points if p["Model"] == OK_ID]
+    assert all(p["Fit residual (MiB)"] == pytest.approx(0.0, abs=1e-3) for p in fitted)
+    cal = {r["Model"]: r for r in _rows(wb["Calibration"])}
+    kv = cal[VLLM_ID]
+    assert kv["Base stderr (MiB)"] is None and kv["Cost stderr (B)"] is None
+    assert kv["Base spread of starts (MiB)"] == pytest.approx(4.0)  # bases 8 MiB apart
+    assert kv["Cost spread of starts (B)"] == pytest.approx(0.0, abs=0.01)
+    ok = cal[OK_ID]
+    assert ok["Base stderr (MiB)"] is not None and ok["Base spread of starts (MiB)"] is None
+
+
+def test_figure_cells_show_their_unit(workbook: Workbook) -> None:
+    ws = workbook["Benchmarks"]
+    r = _row_by(ws, OK_ID)
+    assert ws.cell(row=r, column=4).number_format == '0.00 "ms"'
+    assert ws.cell(row=r, column=5).number_format == '0.0 "tok/s"'
+    assert ws.freeze_panes == "B2" and ws.auto_filter.ref == f"A1:S{ws.max_row}"
+    scaled = {str(rule.sqref) for rule in ws.conditional_formatting}
+    assert f"D2:D{ws.max_row}" in scaled and f"E2:E{ws.max_row}" in scaled

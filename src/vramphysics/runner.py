@@ -57,7 +57,7 @@ from vramphysics.records import (
     Warning_,
 )
 from vramphysics.redact import add_redacting_filter, install_log_redaction, redact
-from vramphysics.report import plan_sheet, write_report
+from vramphysics.report import ReportFiles, run_end_text, write_reports
 from vramphysics.setups import ModelSpec, load_setups, select_setups
 from vramphysics.yamlio import load_yaml
 
@@ -488,6 +488,7 @@ class Finalized:
     outcome: Outcome
     db: Path
     report: Path
+    files: ReportFiles | None = None  # what the report wrote, None when it failed
     db_error: str | None = None
     report_error: str | None = None
 
@@ -497,7 +498,7 @@ class Finalized:
 
 
 def finalize(cfg: Config, run_id: str, records: list[Record]) -> Finalized:
-    """Derive the database entries, then the report, from the journal's records.
+    """Derive the database entries, then the report (xlsx and html), from the journal's records.
 
     The database goes first: a report folder without room costs the report, not the entries.
     An OSError while writing either (a full disk, a quota) is returned, not raised, so that the
@@ -518,11 +519,12 @@ def finalize(cfg: Config, run_id: str, records: list[Record]) -> Finalized:
         entries = physics_db.merge(physics_db.load(db), outcome.entries)
     report = cfg.paths.report_dir / f"{run_id}.xlsx"
     report_error: str | None = None
+    files: ReportFiles | None = None
     try:
-        write_report(report, outcome, extra=[plan_sheet(entries)])
+        files = write_reports(report, outcome, entries)
     except OSError as exc:
         report_error = _write_failure(exc, report.parent, "report")
-    return Finalized(outcome, db, report, db_error, report_error)
+    return Finalized(outcome, db, report, files, db_error, report_error)
 
 
 def _rebuild_command(args: argparse.Namespace, run_id: str, *, resume: bool) -> str:
@@ -562,8 +564,13 @@ def _not_written(
 
 
 def _print_done(run_id: str, done: Finalized, journal: Path) -> None:
+    """The counts, the answer table and where everything is (or what was not written)."""
     counts = done.outcome.status_counts()
     print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if done.files is not None and not done.db_error:
+        f = done.files
+        print(run_end_text(f.answers, xlsx=f.xlsx, html=f.html, database=done.db, journal=journal))
+        return
     print(f"physics database: {done.db}" + (" (NOT written)" if done.db_error else ""))
     print(f"report: {done.report}" + (" (NOT written)" if done.report_error else ""))
     print(f"journal: {journal}")

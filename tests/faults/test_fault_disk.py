@@ -140,7 +140,7 @@ def test_report_folder_full_keeps_journal_writes_database_and_names_the_rebuild(
     ws: Ws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = ws.write_journal()
-    monkeypatch.setattr("vramphysics.report.Workbook.save", _enospc)
+    monkeypatch.setattr("vramphysics.report.xlsx.write_atomically", _enospc)
 
     code = ws.run("--resume", RUN_ID, "--no-progress")
 
@@ -188,7 +188,7 @@ def test_other_write_error_says_what_failed(
     def denied(*_a: Any, **_k: Any) -> Any:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr("vramphysics.report.Workbook.save", denied)
+    monkeypatch.setattr("vramphysics.report.xlsx.write_atomically", denied)
     assert ws.run("--report-only", RUN_ID) == 4
     line = _one_line(capsys.readouterr().err)
     assert f"could not write the report in {ws.rep}: Input/output error" in line

@@ -1,0 +1,74 @@
+"""The report: Excel workbook, HTML page and the end-of-run answer table, from an Outcome.
+
+`write_reports` writes `<run>.xlsx` and `<run>.html` side by side; both show the same answers
+(`answer.py`, planned through `planning.py`) and the same charts (`series.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vramphysics.outcome import Outcome
+from vramphysics.physics_db import PhysicsEntry
+from vramphysics.report.answer import AnswerRow, answer_rows
+from vramphysics.report.columns import (
+    ANSWER_COLUMNS,
+    BENCH_COLUMNS,
+    CALIBRATION_COLUMNS,
+    FAILURE_COLUMNS,
+    POINT_COLUMNS,
+    Column,
+    ExtraSheet,
+)
+from vramphysics.report.html import render_html
+from vramphysics.report.series import all_series
+from vramphysics.report.tables import plan_sheet
+from vramphysics.report.terminal import answer_table_text, run_end_text
+from vramphysics.report.xlsx import build_workbook, save_atomically, write_atomically, write_report
+
+__all__ = [
+    "ANSWER_COLUMNS",
+    "BENCH_COLUMNS",
+    "CALIBRATION_COLUMNS",
+    "FAILURE_COLUMNS",
+    "POINT_COLUMNS",
+    "AnswerRow",
+    "Column",
+    "ExtraSheet",
+    "ReportFiles",
+    "answer_rows",
+    "answer_table_text",
+    "plan_sheet",
+    "run_end_text",
+    "write_html",
+    "write_report",
+    "write_reports",
+]
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    xlsx: Path
+    html: Path
+    answers: tuple[AnswerRow, ...]
+
+
+def write_html(path: Path, outcome: Outcome, answers: Sequence[AnswerRow]) -> Path:
+    """The HTML page, written through a temporary file like the workbook."""
+    text = render_html(outcome, answers, all_series(outcome))
+    return write_atomically(path, text.encode("utf-8"))
+
+
+def write_reports(xlsx: Path, outcome: Outcome, entries: Sequence[PhysicsEntry]) -> ReportFiles:
+    """`<run>.xlsx` (with the Plan sheet of `entries`) and `<run>.html` beside it.
+
+    `entries` is the physics database after this run's entries were merged in: the answers
+    plan with it, as `vramphysics plan` would.
+    """
+    answers = answer_rows(outcome, entries)
+    wb = build_workbook(outcome, answers, extra=[plan_sheet(entries)])
+    save_atomically(wb, xlsx)
+    html = write_html(xlsx.with_suffix(".html"), outcome, answers)
+    return ReportFiles(xlsx=xlsx, html=html, answers=answers)
