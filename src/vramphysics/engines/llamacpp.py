@@ -168,9 +168,13 @@ class LlamaCppEngine(Engine):
         )
 
     def _check_context_applied(self) -> None:
-        """The server's own log must show the context we asked for: never report a lie."""
+        """The server's own log must show the context we asked for: never report a lie.
+
+        The cells are the full-attention cache's (a sliding-window model's second cache holds
+        only its window), wherever the cache lives.
+        """
         report = self.memory_report()
-        cells = report.kv_tokens if report else None
+        cells = report.extra.get("kv_cells") if report else None
         if cells is not None and self._ctx is not None and cells < self._ctx:
             raise EngineError(
                 "other",
