@@ -1,4 +1,4 @@
-"""llama.cpp without a server: model paths and the context check (fast, no llama-cpp-python)."""
+"""llama.cpp without a server: model paths, the context check, the tiny SWA model (fast)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vramphysics.config import LlamaCppConfig
+from vramphysics.demo_models import TinyModelShape, write_tiny_gguf
 from vramphysics.engines.llamacpp import LlamaCppEngine, resolve_model_path
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.setups import parse_model_id
@@ -136,3 +137,25 @@ def test_a_cpu_kv_cache_of_a_cuda_build_is_checked_too(tmp_path: Path) -> None:
     _check(tmp_path, log, 2048)
     with pytest.raises(EngineError):
         _check(tmp_path, log, 4096)
+
+
+# -- the generated sliding-window model --------------------------------------------------------
+
+
+def test_the_tiny_sliding_window_model_is_a_gemma2(tmp_path: Path) -> None:
+    import gguf
+
+    path = write_tiny_gguf(tmp_path / "swa.gguf", sliding_window=256)
+    reader = gguf.GGUFReader(path)
+    fields = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("tok")}
+    assert fields["general.architecture"] == "gemma2"
+    assert fields["gemma2.attention.sliding_window"] == 256
+    assert fields["gemma2.block_count"] == TinyModelShape().n_layers
+    names = {t.name for t in reader.tensors}
+    assert "output.weight" not in names  # tied to the embeddings, as llama.cpp expects
+    assert {"blk.7.post_attention_norm.weight", "blk.7.post_ffw_norm.weight"} <= names
+    plain = gguf.GGUFReader(write_tiny_gguf(tmp_path / "plain.gguf"))
+    assert plain.fields["general.architecture"].contents() == "llama"
+    assert "output.weight" in {t.name for t in plain.tensors}
+    with pytest.raises(ValueError, match="sliding_window must be >= 1"):
+        write_tiny_gguf(tmp_path / "bad.gguf", sliding_window=0)
