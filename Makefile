@@ -1,4 +1,4 @@
-# vram-physics: `make demo` (set up and run the CPU demo), `make test` (the whole suite).
+# vram-physics: `make demo` (set up and run the demo), `make test` (the whole suite).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,10 +19,15 @@ $(PY):
 
 venv: $(PY)
 
+# llama-cpp-python is compiled here: with CUDA where a CUDA toolkit (nvcc on PATH, in
+# $$CUDA_HOME/bin or /usr/local/cuda/bin) and an NVIDIA driver are found, else for the CPU; a
+# CMAKE_ARGS you set wins. The script
+# says which build it makes and shows the compile's progress (pip -v, filtered). --no-cache-dir: a
+# wheel built earlier for the other backend is not reused.
 install-cpu: $(PY)
-	$(PIP) install -q $(PIP_OPTS) -e ".[cpu]"
+	$(PY) scripts/llama_cpp_build.py -- $(PIP) install -v --no-cache-dir $(PIP_OPTS) -e ".[cpu]"
 
-install-dev: $(PY)
+install-dev: install-cpu
 	$(PIP) install -q $(PIP_OPTS) -e ".[cpu,dev]"
 
 demo-model: install-cpu
