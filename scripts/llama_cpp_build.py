@@ -1,6 +1,6 @@
 """Install llama-cpp-python for `make demo` / `make test`: with CUDA where a CUDA toolkit is found.
 
-    python scripts/llama_cpp_build.py -- PIP COMMAND...      e.g. -- .venv/bin/python -m pip install -v -e ".[cpu]"
+    python scripts/llama_cpp_build.py -- PIP COMMAND...   e.g. -- .venv/bin/pip install -v llama-cpp-python
     python scripts/llama_cpp_build.py --plan                 says which build would be made
 
 A CUDA toolkit is `nvcc` on PATH, else in `$CUDA_HOME/bin` (or `$CUDA_PATH/bin`), else in
@@ -34,6 +34,7 @@ _PROGRESS = re.compile(r"^\s*\[\s*\d+(?:%|/\d+)\]")
 _PIP_LINE = re.compile(
     r"^(Collecting|Building wheel|Created wheel|Installing collected|Successfully|ERROR|WARNING)"
 )
+_ALREADY = re.compile(r"^Requirement already satisfied: llama[-_]cpp[-_]python\b", re.IGNORECASE)
 _TAIL_LINES = 80
 
 
@@ -104,6 +105,7 @@ def plan_build(
 def run_pip(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run pip, echo its progress lines as they come, its last lines when it fails."""
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    installed = False
     with subprocess.Popen(
         list(argv),
         env=dict(env),
@@ -117,6 +119,12 @@ def run_pip(argv: Sequence[str], env: Mapping[str, str]) -> int:
             tail.append(line)
             if _PROGRESS.match(line) or _PIP_LINE.match(line):
                 print(line.strip(), flush=True)
+            installed = installed or bool(_ALREADY.match(line))
+    if installed:
+        print(
+            "nothing built: llama-cpp-python is installed already (to rebuild it, e.g. for "
+            "another backend: pip uninstall llama-cpp-python, then run this again)"
+        )
     if proc.returncode != 0:
         print(f"pip failed with exit code {proc.returncode}; its last lines:", file=sys.stderr)
         sys.stderr.write("".join(tail))

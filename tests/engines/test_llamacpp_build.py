@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -164,4 +165,31 @@ def test_make_builds_llama_cpp_python_through_the_script_and_not_quietly() -> No
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "llama_cpp_build.py" in x)
     assert line.startswith("python3 scripts/llama_cpp_build.py -- python3 -m pip install -v ")
-    assert " -q " not in line and '-e ".[cpu]"' in line
+    assert " -q " not in line and "--no-cache-dir" in line
+    spec = re.search(r'"(llama-cpp-python[^"]*)"', line)
+    assert spec is not None
+    # the same requirement as pyproject's `cpu` extra, so `pip install -e .[cpu]` keeps the build
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert extras["cpu"] == [spec[1]]
+
+
+def test_an_installed_build_is_kept_and_said_so(tmp_path: Path) -> None:
+    fake_pip = tmp_path / "fake_pip.py"
+    fake_pip.write_text(
+        "print('Requirement already satisfied: llama-cpp-python[server]<0.4,>=0.3.16 in "
+        "/venv/lib/python3.11/site-packages (0.3.16)')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--", sys.executable, str(fake_pip)],
+        env={"PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith(
+        "nothing built: llama-cpp-python is installed already"
+    )
