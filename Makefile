@@ -53,8 +53,8 @@ demo-vllm: install-vllm
 	$(PY) runner.py --config config.cpu-vllm.yaml --setup demo-vllm
 
 lint: install-dev
-	$(PY) -m ruff check src tests benchmarks runner.py manage_loadout.py
-	$(PY) -m ruff format --check src tests benchmarks runner.py manage_loadout.py
+	$(PY) -m ruff check src tests benchmarks scripts runner.py manage_loadout.py
+	$(PY) -m ruff format --check src tests benchmarks scripts runner.py manage_loadout.py
 
 typecheck: install-dev
 	$(PY) -m mypy
