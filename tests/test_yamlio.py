@@ -140,3 +140,58 @@ def test_a_duplicate_key_is_an_error_naming_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_yaml(path, what="test setups")
     assert err.value.line == 4 and "demo" in str(err.value) and str(path) in str(err.value)
+
+
+# -- aliases are refused: nested ones expand to billions of values ("billion laughs") -----
+
+
+def _laughs(levels: int = 8, width: int = 9) -> str:
+    """Nine lists of nine, `levels` deep: 9**8 = 43 million strings once expanded."""
+    out = ['a: &a ["lol"]']
+    prev = "a"
+    for i in range(levels):
+        name = f"l{i}"
+        out.append(f"{name}: &{name} [{', '.join(['*' + prev] * width)}]")
+        prev = name
+    return "\n".join(out) + "\n"
+
+
+def test_billion_laughs_setups_file_is_refused_at_its_first_alias(tmp_path: Path) -> None:
+    from vramphysics.setups import load_setups
+
+    path = tmp_path / "test_setups.yaml"
+    path.write_text("demo:\n  - llamacpp:tiny.gguf\n" + _laughs(), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_setups(path)
+    err = info.value
+    assert (err.path, err.line) == (path, 4)  # l0's line: the first alias (*a) stands there
+    assert str(err).startswith(f"{path}:4: YAML alias *a is not allowed in a test setups file")
+
+
+def test_billion_laughs_config_is_refused(tmp_path: Path) -> None:
+    from vramphysics.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("sweep:\n  contexts: [512, 1024]\n" + _laughs(), encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.path, info.value.line) == (path, 4)
+    assert "YAML alias *a is not allowed in a config file" in str(info.value)
+
+
+def test_a_single_alias_is_refused_too(tmp_path: Path) -> None:
+    # a harmless-looking alias (or merge key) is refused as well: one rule, easy to explain
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "base: &base\n  port: 8400\nengines:\n  llamacpp:\n    <<: *base\n", encoding="utf-8"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_yaml(path, what="config")
+    assert info.value.line == 5
+    assert "*base" in str(info.value)
+
+
+def test_an_anchor_without_alias_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("engines: &e\n  llamacpp:\n    port: 8400\n", encoding="utf-8")
+    assert load_yaml(path, what="config").data == {"engines": {"llamacpp": {"port": 8400}}}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    import gguf
     from transformers import PreTrainedTokenizerFast
 
 _WORDS = (
@@ -86,21 +87,49 @@ def _vocabulary(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 
 def write_tiny_gguf(
-    path: Path, shape: TinyModelShape | None = None, *, seed: int = 0, name: str = "tiny-llama"
+    path: Path,
+    shape: TinyModelShape | None = None,
+    *,
+    seed: int = 0,
+    name: str = "tiny-llama",
+    sliding_window: int | None = None,
 ) -> Path:
-    """Write a random llama model with f16 weights and a byte-fallback tokenizer to `path`."""
+    """Write a random model with f16 weights and a byte-fallback tokenizer to `path`.
+
+    A llama model by default; with `sliding_window` (tokens) a Gemma 2 model instead, whose
+    every other layer attends to that window only, so that llama.cpp gives it two KV caches
+    (full attention and sliding window), as it does Gemma 2/3 and gpt-oss.
+    """
     import gguf
 
     shape = shape or TinyModelShape()
-    rng = np.random.default_rng(seed)
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1, not {sliding_window}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-
-    def weight(*dims: int) -> np.ndarray:
-        return (rng.standard_normal(dims) * 0.02).astype(np.float16)
-
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    arch = "llama" if sliding_window is None else "gemma2"
+    writer = gguf.GGUFWriter(str(tmp), arch)
     writer.add_name(name)
+    _add_hparams(writer, shape)
+    if sliding_window is not None:
+        writer.add_sliding_window(sliding_window)
+        writer.add_key_length(shape.head_dim)
+        writer.add_value_length(shape.head_dim)
+        writer.add_attn_logit_softcapping(50.0)
+        writer.add_final_logit_softcapping(30.0)
+    _add_tokenizer(writer, shape.n_vocab)
+    _add_tensors(writer, shape, np.random.default_rng(seed), gemma2=sliding_window is not None)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp.replace(path)
+    return path
+
+
+def _add_hparams(writer: gguf.GGUFWriter, shape: TinyModelShape) -> None:
+    import gguf
+
     writer.add_block_count(shape.n_layers)
     writer.add_context_length(shape.n_ctx_train)
     writer.add_embedding_length(shape.n_embd)
@@ -112,7 +141,10 @@ def write_tiny_gguf(
     writer.add_rope_freq_base(10000.0)
     writer.add_vocab_size(shape.n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    tokens, scores, types = _vocabulary(shape.n_vocab)
+
+
+def _add_tokenizer(writer: gguf.GGUFWriter, n_vocab: int) -> None:
+    tokens, scores, types = _vocabulary(n_vocab)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -123,26 +155,36 @@ def write_tiny_gguf(
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
 
+
+def _add_tensors(
+    writer: gguf.GGUFWriter, shape: TinyModelShape, rng: np.random.Generator, *, gemma2: bool
+) -> None:
+    """The llama tensors; Gemma 2 adds a norm after attention and one after the feed-forward."""
+
+    def weight(*dims: int) -> np.ndarray:
+        return (rng.standard_normal(dims) * 0.02).astype(np.float16)
+
+    def norm() -> np.ndarray:
+        return np.ones(shape.n_embd, dtype=np.float32)
+
     kv_dim = shape.n_kv_heads * shape.head_dim
     writer.add_tensor("token_embd.weight", weight(shape.n_vocab, shape.n_embd))
-    writer.add_tensor("output_norm.weight", np.ones(shape.n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(shape.n_vocab, shape.n_embd))
+    writer.add_tensor("output_norm.weight", norm())
+    if not gemma2:  # Gemma 2 ties its output to the token embeddings
+        writer.add_tensor("output.weight", weight(shape.n_vocab, shape.n_embd))
     for i in range(shape.n_layers):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(shape.n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", norm())
         writer.add_tensor(f"blk.{i}.attn_q.weight", weight(shape.n_embd, shape.n_embd))
         writer.add_tensor(f"blk.{i}.attn_k.weight", weight(kv_dim, shape.n_embd))
         writer.add_tensor(f"blk.{i}.attn_v.weight", weight(kv_dim, shape.n_embd))
         writer.add_tensor(f"blk.{i}.attn_output.weight", weight(shape.n_embd, shape.n_embd))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(shape.n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm())
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(shape.n_ff, shape.n_embd))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(shape.n_ff, shape.n_embd))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(shape.n_embd, shape.n_ff))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    tmp.replace(path)
-    return path
+        if gemma2:
+            writer.add_tensor(f"blk.{i}.post_attention_norm.weight", norm())
+            writer.add_tensor(f"blk.{i}.post_ffw_norm.weight", norm())
 
 
 HF_SHAPE = TinyModelShape(n_layers=4)  # the HF demo model (vLLM): 2048 B/token in bf16

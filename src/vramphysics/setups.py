@@ -4,7 +4,7 @@ Grammar (prefixes are case-insensitive)::
 
     ol_NAME | OL_NAME              Ollama
     vl_NAME | VL_NAME | vllm:NAME  vLLM
-    llamacpp:PATH_OR_NAME          llama.cpp (a .gguf path, or a name under the model folder)
+    llamacpp:NAME_OR_PATH          llama.cpp (a name under the model folder, or /abs/path.gguf)
     NAME with ':' or '/'           Ollama (e.g. qwen2.5:7b)
     ...#stream #ctx=N #img_lim=N #vid_lim=N   runtime flags, in any order, each at most once
 """

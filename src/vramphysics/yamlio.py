@@ -47,6 +47,22 @@ def yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, int | None]:
     return str(exc).splitlines()[0], None
 
 
+class _AliasRefused(Exception):
+    def __init__(self, anchor: str, line: int) -> None:
+        self.anchor, self.line = anchor, line
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """The safe loader without aliases (`*name`): a few lines of nested aliases expand to
+    billions of nodes ("billion laughs"), and no setting of ours needs one."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _AliasRefused(str(event.anchor), event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
 class _Duplicate(Exception):
     def __init__(self, key: Any, line: int) -> None:
         self.key, self.line = key, line
@@ -85,11 +101,18 @@ def load_yaml(path: Path, *, what: str) -> Located:
     except OSError as exc:
         raise ConfigError(f"cannot read {what} file: {exc.strerror}", path=path) from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_NoAliasLoader)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         problem, line = yaml_problem(exc, text)
         raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from exc
+    except _AliasRefused as alias:
+        raise ConfigError(
+            f"YAML alias *{alias.anchor} is not allowed in a {what} file (aliases can expand "
+            "to billions of values); write the value out instead",
+            path=path,
+            line=alias.line,
+        ) from None
     lines: dict[tuple[str | int, ...], int] = {}
     if node is not None:
         try:

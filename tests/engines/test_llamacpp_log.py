@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from vramphysics.engines.llamacpp_log import is_host_device, parse_buffers
+from vramphysics.engines.llamacpp_log import components_from_log, is_host_device, parse_buffers
 
 MIB = 2**20
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "llamacpp"
 
 # A CPU start of the tiny demo model (llama-cpp-python), as in the module's docstring.
 CPU_LOG = """\
@@ -163,3 +166,106 @@ def test_nothing_to_parse() -> None:
 )
 def test_is_host_device(device: str, host: bool) -> None:
     assert is_host_device(device) is host
+
+
+# -- sliding-window models: two KV caches per context ----------------------------------------
+
+
+def test_sliding_window_model_on_the_cpu_sums_both_caches() -> None:
+    # captured: the tiny Gemma 2 model, n_ctx 8192, a small SWA cache as llama-server makes it
+    text = (FIXTURES / "iswa_cpu_llama_cpp_python_8192.log").read_text()
+    b = parse_buffers(text)
+    assert [(c.cells, c.layers, c.swa) for c in b.kv_caches] == [(8192, 4, False), (768, 4, True)]
+    assert b.kv_cache is not None and b.kv_cache.cells == 8192  # the full-attention one
+    assert b.buffers[("kv", "CPU")] == 16 * MIB + round(1.5 * MIB)  # both buffer lines
+    assert b.kv_bytes == 16 * MIB + round(1.5 * MIB)
+    mem = components_from_log(text, "llamacpp-log")
+    assert mem is not None and not mem.device_resident
+    assert mem.kv_pool_bytes == 16 * MIB + round(1.5 * MIB)  # not the last cache's 1.5 MiB
+    assert mem.kv_tokens == 8192  # not the window's 768: the context check passes
+    assert mem.extra["kv_cells"] == 8192
+    assert mem.extra["kv_caches"] == [
+        {"cells": 8192, "layers": 4, "bytes": 16 * MIB, "swa": False},
+        {"cells": 768, "layers": 4, "bytes": round(1.5 * MIB), "swa": True},
+    ]
+
+
+def test_sliding_window_model_on_a_gpu_sums_both_caches() -> None:
+    text = (FIXTURES / "iswa_cuda_llama_server_gemma3_12b.log").read_text()
+    mem = components_from_log(text, "llamacpp-log")
+    assert mem is not None and mem.device_resident
+    assert mem.kv_pool_bytes == (512 + 480) * MIB  # 8 global layers x 8192 + 40 SWA x 1536
+    assert mem.kv_tokens == 8192
+    assert mem.weights_bytes == round(6956.38 * MIB)
+    assert mem.compute_bytes == round(519.62 * MIB)
+    assert mem.extra["host_buffers_bytes"] == {
+        "weights": round(787.5 * MIB),
+        "output": MIB,
+        "compute": round(29.01 * MIB),
+    }
+
+
+def test_a_reload_of_a_sliding_window_model_keeps_only_the_new_caches() -> None:
+    text = (FIXTURES / "iswa_cuda_llama_server_gemma3_12b.log").read_text()
+    reload = text.replace("8192 cells", "16384 cells").replace("512.00 MiB", "1024.00 MiB")
+    b = parse_buffers(text + reload)
+    assert [c.cells for c in b.kv_caches] == [16384, 1536]
+    assert b.buffers[("kv", "CUDA0")] == (1024 + 480) * MIB
+
+
+def test_older_builds_print_seqs_without_a_maximum() -> None:
+    b = parse_buffers(
+        "llama_kv_cache_unified_iswa: creating non-SWA KV cache, size = 4096 cells\n"
+        "llama_kv_cache_unified: size =   64.00 MiB (  4096 cells,   4 layers,  1 seqs), "
+        "K (f16):   32.00 MiB, V (f16):   32.00 MiB\n"
+        "llama_kv_cache_unified_iswa: creating     SWA KV cache, size = 4096 cells\n"
+        "llama_kv_cache_unified: size =   64.00 MiB (  4096 cells,   4 layers,  1 seqs), "
+        "K (f16):   32.00 MiB, V (f16):   32.00 MiB\n"
+    )
+    assert [(c.cells, c.swa) for c in b.kv_caches] == [(4096, False), (4096, True)]
+    assert b.kv_bytes == 128 * MIB
+
+
+# -- where the engine lives: CPU or GPU buffers ------------------------------------------------
+
+
+def test_all_layers_on_a_gpu_is_device_resident() -> None:
+    mem = components_from_log(CUDA_LOG, "llamacpp-log")
+    assert mem is not None and mem.device_resident
+    assert mem.kv_pool_bytes == 448 * MIB and mem.kv_tokens == 3584
+    assert mem.weights_bytes == round(4403.49 * MIB)  # VRAM only
+
+
+def test_cpu_build_is_not_device_resident() -> None:
+    mem = components_from_log(CPU_LOG, "llamacpp-log")
+    assert mem is not None and not mem.device_resident
+    assert mem.weights_bytes == round(9.52 * MIB) and mem.kv_pool_bytes == 8 * MIB
+    assert "vram_buffers_bytes" not in mem.extra
+
+
+def test_cuda_build_with_nothing_offloaded_lives_on_the_cpu() -> None:
+    # weights and KV cache in host memory; the GPU holds only a compute buffer: the memory that
+    # grows with the context is the process's, so the engine is not device resident
+    text = (FIXTURES / "cuda_build_no_offload.log").read_text()
+    mem = components_from_log(text, "llamacpp-log")
+    assert mem is not None and not mem.device_resident
+    assert mem.weights_bytes == round(9.52 * MIB)
+    assert mem.kv_pool_bytes == 8 * MIB and mem.kv_tokens == 2048
+    assert mem.compute_bytes == round(36.5 * MIB) + round(5.01 * MIB)
+    assert mem.extra["vram_buffers_bytes"] == {"compute": round(36.5 * MIB)}
+
+
+def test_partial_offload_is_device_resident_without_a_per_token_figure() -> None:
+    text = (
+        "load_tensors:        CUDA0 model buffer size =  2000.00 MiB\n"
+        "load_tensors:          CPU model buffer size =  2403.49 MiB\n"
+        "llama_kv_cache:      CUDA0 KV buffer size =   224.00 MiB\n"
+        "llama_kv_cache:        CPU KV buffer size =   224.00 MiB\n"
+        "llama_kv_cache: size =  448.00 MiB (  3584 cells,  32 layers,  1/1 seqs), "
+        "K (f16):  224.00 MiB, V (f16):  224.00 MiB\n"
+    )
+    mem = components_from_log(text, "llamacpp-log")
+    assert mem is not None and mem.device_resident
+    assert mem.kv_pool_bytes == 224 * MIB  # the VRAM half
+    assert mem.kv_tokens is None  # 224 MiB / 3584 would not be a cost per token
+    assert mem.extra["kv_cells"] == 3584  # but the context check still sees the cells

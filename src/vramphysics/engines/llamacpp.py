@@ -44,16 +44,31 @@ _OOM_MARKERS = ("out of memory", "failed to allocate", "cudamalloc failed", "una
 
 
 def resolve_model_path(name: str, model_dir: Path) -> Path:
-    """A `.gguf` path as written, or a name under `model_dir` that may not escape it."""
-    candidate = Path(name).expanduser()
-    if candidate.suffix.lower() == ".gguf" and (candidate.is_absolute() or "/" in name):
+    """The GGUF file a `llamacpp:` model ID names.
+
+    - An absolute path (`/models/x.gguf`, or `~/models/x.gguf`) is taken as written: the one way
+      to name a file outside the model folder; it must end in `.gguf`.
+    - Anything else is a name under `model_dir` (`tiny`, `tiny.gguf`, `q4/llama-7b.gguf`;
+      `.gguf` is added when missing) and may not leave it: a `..` part is refused. Symbolic
+      links inside the folder are followed (whoever owns the folder put them there).
+    """
+    try:
+        candidate = Path(name).expanduser()
+    except RuntimeError as exc:  # ~user of a user that does not exist
+        raise SetupError(f"model path {name!r}: {exc}") from exc
+    if candidate.is_absolute():
+        if candidate.suffix.lower() != ".gguf":
+            raise SetupError(
+                f"model path {name!r} is absolute but does not end in .gguf: outside the model "
+                f"folder {model_dir} only a .gguf file named by its absolute path is accepted"
+            )
         return candidate
-    if candidate.is_absolute() or ".." in candidate.parts:
-        raise SetupError(f"model name {name!r} must stay inside the model folder {model_dir}")
-    base = model_dir.resolve()
-    resolved = (base / name).resolve()
-    if base != resolved and base not in resolved.parents:
-        raise SetupError(f"model name {name!r} escapes the model folder {model_dir}")
+    if ".." in candidate.parts:
+        raise SetupError(
+            f"model name {name!r} escapes the model folder {model_dir}: names are relative to "
+            "it; write a file elsewhere as an absolute path (llamacpp:/abs/path/model.gguf)"
+        )
+    resolved = model_dir.expanduser().resolve() / candidate
     if resolved.suffix.lower() != ".gguf":
         resolved = resolved.with_name(resolved.name + ".gguf")
     return resolved
@@ -181,9 +196,13 @@ class LlamaCppEngine(Engine):
         )
 
     def _check_context_applied(self) -> None:
-        """The server's own log must show the context we asked for: never report a lie."""
+        """The server's own log must show the context we asked for: never report a lie.
+
+        The cells are the full-attention cache's (a sliding-window model's second cache holds
+        only its window), wherever the cache lives.
+        """
         report = self.memory_report()
-        cells = report.kv_tokens if report else None
+        cells = report.extra.get("kv_cells") if report else None
         if cells is not None and self._ctx is not None and cells < self._ctx:
             raise EngineError(
                 "other",

@@ -10,8 +10,16 @@ Examples::
     sched_reserve:        CPU compute buffer size =    23.01 MiB
     llama_new_context_with_model:  CUDA_Host  compute buffer size =    12.01 MiB
 
+Sliding-window models (Gemma 2/3, gpt-oss, ...) get two KV caches, each with its buffer and size
+lines, announced by::
+
+    llama_kv_cache_iswa: creating non-SWA KV cache, size = 8192 cells
+    llama_kv_cache_iswa: creating     SWA KV cache, size = 1536 cells
+
+The caches of one context add up; only the full-attention (non-SWA) one holds the whole context.
 For each (component, device) the last value in the log wins (a server that reloads prints them
-again). Buffers on `CPU`, `CPU_Mapped` or `*_Host` devices live in host memory, not in VRAM.
+again): a KV line after any other buffer line, or a non-SWA announcement, starts a new set of KV
+caches. Buffers on `CPU`, `CPU_Mapped` or `*_Host` devices live in host memory, not in VRAM.
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ _BUFFER = re.compile(
     r"(?P<mib>[0-9]+(?:\.[0-9]+)?)\s*MiB"
 )
 # "llama_kv_cache: size = 8.00 MiB ( 2048 cells, 8 layers, 1/1 seqs), K (f16): 4.00 MiB, V (f16): ..."
+# (older builds print "1 seqs")
 _KV_SIZE = re.compile(
     r"kv_cache\w*:\s+size\s*=\s*(?P<mib>[0-9.]+)\s*MiB\s*\(\s*(?P<cells>[0-9]+)\s+cells,\s*"
-    r"(?P<layers>[0-9]+)\s+layers,\s*(?P<seqs>[0-9]+)/(?P<max_seqs>[0-9]+)\s+seqs\),\s*"
+    r"(?P<layers>[0-9]+)\s+layers,\s*(?P<seqs>[0-9]+)(?:/(?P<max_seqs>[0-9]+))?\s+seqs\),\s*"
     r"K\s*\((?P<ktype>\w+)\):\s*[0-9.]+\s*MiB,\s*V\s*\((?P<vtype>\w+)\)"
 )
+# "llama_kv_cache_iswa: creating non-SWA KV cache, size = 8192 cells" (and "creating     SWA ...")
+_ISWA = re.compile(r"creating\s+(?P<kind>non-SWA|SWA)\s+KV cache,\s*size\s*=\s*[0-9]+\s*cells")
 _COMPONENTS = {"model": "weights", "KV": "kv", "compute": "compute", "output": "output", "RS": "rs"}
 
 
@@ -51,6 +62,7 @@ class KvCacheLine:
     layers: int
     k_type: str
     v_type: str
+    swa: bool = False  # the sliding-window cache of a model with two (it holds a window, not n_ctx)
 
     @property
     def bytes_per_cell(self) -> float:
@@ -59,10 +71,26 @@ class KvCacheLine:
 
 @dataclass(frozen=True)
 class LlamaBuffers:
-    """Buffer sizes by (component, device) in bytes; component is weights/kv/compute/output."""
+    """Buffer sizes by (component, device) in bytes; component is weights/kv/compute/output.
+
+    The `kv` buffers of one device add up over the KV caches of the last context (two for a
+    sliding-window model); `kv_caches` lists those caches, full-attention first as printed.
+    """
 
     buffers: dict[tuple[str, str], int] = field(default_factory=dict)
-    kv_cache: KvCacheLine | None = None
+    kv_caches: tuple[KvCacheLine, ...] = ()
+
+    @property
+    def kv_cache(self) -> KvCacheLine | None:
+        """The full-attention cache: the one whose cells are the context (None without one)."""
+        return next((kv for kv in self.kv_caches if not kv.swa), None)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Every KV cache of the context, in bytes (the size lines; buffers where none)."""
+        if self.kv_caches:
+            return sum(kv.size_bytes for kv in self.kv_caches)
+        return self.total("kv")
 
     def total(self, component: str, *, vram: bool | None = None) -> int:
         """Sum of one component over devices (only VRAM devices, only host, or all)."""
@@ -83,42 +111,89 @@ class LlamaBuffers:
         return tuple(sorted({dev for _c, dev in self.buffers}))
 
 
-def parse_buffers(text: str) -> LlamaBuffers:
-    buffers: dict[tuple[str, str], int] = {}
-    kv: KvCacheLine | None = None
-    for line in text.splitlines():
-        m = _BUFFER.search(line)
-        if m:
+class _Reader:
+    """Line by line state of `parse_buffers`: the buffers, and the KV caches being announced."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, str], int] = {}
+        self.caches: list[KvCacheLine] = []
+        self.in_kv = False  # the last matched line was a KV line: more caches of one context
+        self.next_is_swa = False
+
+    def _kv_line(self, *, new_set: bool = False) -> None:
+        if new_set or not self.in_kv:
+            self.caches = []
+            self.buffers = {k: v for k, v in self.buffers.items() if k[0] != "kv"}
+        self.in_kv = True
+
+    def feed(self, line: str) -> None:
+        if m := _BUFFER.search(line):
             key = (_COMPONENTS[m["component"]], m["device"])
-            buffers[key] = round(float(m["mib"]) * _MIB)
-            continue
-        k = _KV_SIZE.search(line)
-        if k:
-            kv = KvCacheLine(
-                size_bytes=round(float(k["mib"]) * _MIB),
-                cells=int(k["cells"]),
-                layers=int(k["layers"]),
-                k_type=k["ktype"],
-                v_type=k["vtype"],
+            size = round(float(m["mib"]) * _MIB)
+            if key[0] == "kv":
+                self._kv_line()
+                self.buffers[key] = self.buffers.get(key, 0) + size
+            else:
+                self.in_kv = False
+                self.buffers[key] = size
+        elif h := _ISWA.search(line):
+            self._kv_line(new_set=h["kind"] == "non-SWA")
+            self.next_is_swa = h["kind"] == "SWA"
+        elif k := _KV_SIZE.search(line):
+            self._kv_line()
+            self.caches.append(
+                KvCacheLine(
+                    size_bytes=round(float(k["mib"]) * _MIB),
+                    cells=int(k["cells"]),
+                    layers=int(k["layers"]),
+                    k_type=k["ktype"],
+                    v_type=k["vtype"],
+                    swa=self.next_is_swa,
+                )
             )
-    return LlamaBuffers(buffers=buffers, kv_cache=kv)
+            self.next_is_swa = False
+
+
+def parse_buffers(text: str) -> LlamaBuffers:
+    reader = _Reader()
+    for line in text.splitlines():
+        reader.feed(line)
+    return LlamaBuffers(buffers=reader.buffers, kv_caches=tuple(reader.caches))
+
+
+def _kv_on_device(buffers: LlamaBuffers) -> bool:
+    """Whether the engine's memory lives in VRAM: its KV cache (else its weights) on a GPU."""
+    if any(comp == "kv" for comp, _dev in buffers.buffers):
+        return buffers.total("kv", vram=True) > 0
+    return buffers.total("weights", vram=True) > 0
 
 
 def components_from_log(text: str, source: str) -> MemoryComponents | None:
     """The weights / KV / compute buffers of llama.cpp's lines in a log (its own, or Ollama's).
 
-    With a GPU in the log only its buffers count (CPU and *_Host buffers are system memory, listed
-    in `extra["host_buffers_bytes"]`); `kv_tokens` is given only when the whole cache is in VRAM,
-    so that `kv_pool_bytes / kv_tokens` stays a true cost per token. Without a GPU every buffer
-    counts and `device_resident` is False.
+    On a GPU (the KV cache, or without KV lines the weights, in VRAM) only VRAM buffers count
+    (CPU and *_Host buffers are system memory, listed in `extra["host_buffers_bytes"]`);
+    `kv_tokens` is given only when the whole cache is in VRAM, so that `kv_pool_bytes /
+    kv_tokens` stays a true cost per token. Otherwise (a CPU build, or a CUDA build with no layer
+    offloaded) every buffer counts and `device_resident` is False. `kv_pool_bytes` adds up every
+    KV cache (two for a sliding-window model) and `kv_tokens` is the full-attention cache's cells;
+    `extra["kv_cells"]` is those cells wherever the cache lives (the check of n_ctx).
     """
     buffers = parse_buffers(text)
     if not buffers.buffers:
         return None
     kv = buffers.kv_cache
-    on_gpu = any(not is_host_device(dev) for dev in buffers.devices)
-    extra: dict[str, Any] = {"kv_type": kv.k_type if kv else None, "devices": list(buffers.devices)}
-    if on_gpu:
+    extra: dict[str, Any] = {
+        "kv_type": kv.k_type if kv else None,
+        "kv_cells": kv.cells if kv else None,
+        "devices": list(buffers.devices),
+    }
+    if len(buffers.kv_caches) > 1:
+        extra["kv_caches"] = [
+            {"cells": c.cells, "layers": c.layers, "bytes": c.size_bytes, "swa": c.swa}
+            for c in buffers.kv_caches
+        ]
+    if _kv_on_device(buffers):
         host = buffers.by_component(vram=False)
         extra["host_buffers_bytes"] = {k: v for k, v in host.items() if v}
         all_kv_in_vram = buffers.total("kv", vram=False) == 0
@@ -131,10 +206,13 @@ def components_from_log(text: str, source: str) -> MemoryComponents | None:
             device_resident=True,
             extra=extra,
         )
+    vram = buffers.by_component(vram=True)
+    if any(vram.values()):
+        extra["vram_buffers_bytes"] = {k: v for k, v in vram.items() if v}
     return MemoryComponents(
         source=source,
         weights_bytes=buffers.total("weights"),
-        kv_pool_bytes=kv.size_bytes if kv else buffers.total("kv"),
+        kv_pool_bytes=buffers.kv_bytes,
         kv_tokens=kv.cells if kv else None,
         compute_bytes=buffers.total("compute"),
         device_resident=False,
