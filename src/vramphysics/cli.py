@@ -29,7 +29,7 @@ def _cmd_make_demo_model(args: argparse.Namespace) -> int:
     from vramphysics.demo_models import write_tiny_gguf
 
     if args.gguf:
-        path = write_tiny_gguf(Path(args.gguf))
+        path = write_tiny_gguf(Path(args.gguf), sliding_window=args.sliding_window)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.hf:
         from vramphysics.demo_models import write_tiny_hf
@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo = sub.add_parser("make-demo-model", help="generate tiny random models for the demo")
     p_demo.add_argument("--gguf", metavar="FILE", help="write a tiny llama GGUF here")
     p_demo.add_argument("--hf", metavar="DIR", help="write a tiny HF model folder here")
+    p_demo.add_argument(
+        "--sliding-window",
+        type=int,
+        metavar="TOKENS",
+        help="with --gguf: a Gemma 2 model whose every other layer attends to this window "
+        "(llama.cpp keeps two KV caches for it)",
+    )
     _add_common(p_demo)
     p_demo.set_defaults(func=_cmd_make_demo_model)
 
