@@ -3,84 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from vramphysics.config_base import (
+    GPUS_HELP,
+    EngineConfig,
+    GpuSelection,
+    Port,
+    StrictModel,
+    resolve_path,
+)
 from vramphysics.errors import ConfigError
 from vramphysics.yamlio import load_yaml
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """`port: true` is a mistake, not port 1 (YAML booleans would pass as numbers)."""
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            kinds = set(get_args(annotation)) | {annotation}
-            kinds |= {get_args(k)[0] for k in list(kinds) if get_args(k)}  # Annotated[int, ...]
-            if bool not in kinds and kinds & {int, float}:
-                raise ValueError(f"expected a number, got {value!r}")
-        return value
-
-
-def _gpu_indices_not_booleans(value: Any) -> Any:
-    """`gpus: [true]` is a mistake, not GPU 1."""
-    if isinstance(value, list) and any(isinstance(i, bool) for i in value):
-        raise ValueError(f"GPU indices are whole numbers, got {value!r}")
-    return value
-
-
-def _gpu_list_pins_some_gpu(value: str | list[int]) -> str | list[int]:
-    """A list names at least one GPU, each once, by its index (>= 0)."""
-    if isinstance(value, list):
-        if not value:
-            raise ValueError("an empty list names no GPU; write `none` for a start without a GPU")
-        if any(i < 0 for i in value):
-            raise ValueError(f"GPU indices are >= 0, got {value!r}")
-        if len(set(value)) != len(value):
-            raise ValueError(f"a GPU index appears twice in {value!r}")
-    return value
-
-
-# `all`: every GPU the environment shows (CUDA_VISIBLE_DEVICES as the user set it); `none`: no
-# GPU (a CPU start); a list: exactly those GPUs, by NVML / nvidia-smi index.
-GpuSelection = Annotated[
-    Literal["all", "none"] | list[int],
-    BeforeValidator(_gpu_indices_not_booleans),
-    AfterValidator(_gpu_list_pins_some_gpu),
-]
-_GPUS_HELP = (
-    "`all` (the GPUs the environment shows), `none` (no GPU) or a list of GPU indices "
-    "(nvidia-smi order)"
-)
-
-
-# a TCP port, or `auto`: a free one taken before each start
-Port = Annotated[int, Field(ge=1, le=65535)] | Literal["auto"]
-
-
-class EngineTimeouts(_Strict):
-    start_timeout_s: float = Field(120.0, gt=0, description="launch until ready")
-    request_timeout_s: float = Field(120.0, gt=0, description="one request, start to end")
-    stop_timeout_s: float = Field(15.0, gt=0, description="SIGTERM to SIGKILL")
-
-
-class LlamaCppConfig(EngineTimeouts):
+class LlamaCppConfig(EngineConfig):
     host: str = "127.0.0.1"
     port: Port = 8400
     command: list[str] | None = Field(
@@ -90,10 +35,13 @@ class LlamaCppConfig(EngineTimeouts):
     model_dir: Path = Path("models")
     extra_args: list[str] = []
     n_gpu_layers: int = Field(-1, ge=-1, description="layers offloaded to the GPU (-1: all)")
-    gpus: GpuSelection = Field("all", description=_GPUS_HELP)
+    gpus: GpuSelection = Field("all", description=GPUS_HELP)
+
+    def resolved(self, base: Path) -> LlamaCppConfig:
+        return self.model_copy(update={"model_dir": resolve_path(self.model_dir, base)})
 
 
-class VllmConfig(EngineTimeouts):
+class VllmConfig(EngineConfig):
     mode: Literal["native", "docker"] = "native"
     host: str = "127.0.0.1"
     port: Port = Field(8300, description="host port (Docker: published); `auto`: a free one")
@@ -113,7 +61,7 @@ class VllmConfig(EngineTimeouts):
     )
     container_port: int = Field(8000, ge=1, le=65535)
     gpus: GpuSelection = Field(
-        "all", description=_GPUS_HELP + "; native: CUDA_VISIBLE_DEVICES, Docker: device requests"
+        "all", description=GPUS_HELP + "; native: CUDA_VISIBLE_DEVICES, Docker: device requests"
     )
     hf_cache: Path = Field(
         Path("~/.cache/huggingface"),
@@ -149,8 +97,14 @@ class VllmConfig(EngineTimeouts):
                 )
         return v
 
+    def resolved(self, base: Path) -> VllmConfig:
+        model_dir = resolve_path(self.model_dir, base) if self.model_dir else None
+        return self.model_copy(
+            update={"hf_cache": self.hf_cache.expanduser(), "model_dir": model_dir}
+        )
 
-class OllamaConfig(EngineTimeouts):
+
+class OllamaConfig(EngineConfig):
     host: str = "127.0.0.1"
     port: int = Field(11434, ge=1, le=65535)
     command: list[str] = ["ollama", "serve"]
@@ -168,7 +122,7 @@ class OllamaConfig(EngineTimeouts):
     env: dict[str, str] = Field(
         {}, description="extra environment of a server we start (e.g. OLLAMA_MODELS)"
     )
-    gpus: GpuSelection = Field("all", description=_GPUS_HELP + " of a server we start")
+    gpus: GpuSelection = Field("all", description=GPUS_HELP + " of a server we start")
 
     @model_validator(mode="after")
     def _quantized_kv_needs_flash_attention(self) -> OllamaConfig:
@@ -180,13 +134,19 @@ class OllamaConfig(EngineTimeouts):
         return self
 
 
-class EnginesConfig(_Strict):
+class EnginesConfig(StrictModel):
     llamacpp: LlamaCppConfig = LlamaCppConfig()
     vllm: VllmConfig = VllmConfig()
     ollama: OllamaConfig = OllamaConfig()
 
+    def resolved(self, base: Path) -> EnginesConfig:
+        """Every section with its paths resolved against `base`."""
+        return self.model_copy(
+            update={name: getattr(self, name).resolved(base) for name in type(self).model_fields}
+        )
 
-class SweepConfig(_Strict):
+
+class SweepConfig(StrictModel):
     contexts: list[int] = [512, 1024, 2048, 4096, 8192]
     settle_s: float = Field(
         1.0, ge=0, description="sampling after the warm-up, for the steady value"
@@ -205,19 +165,19 @@ class SweepConfig(_Strict):
         return sorted(v)
 
 
-class ProbeConfig(_Strict):
+class ProbeConfig(StrictModel):
     interval_ms: float = Field(50.0, gt=0, le=10000)
     prefer: Literal["auto", "nvml", "process"] = "auto"
     gpu_index: int = Field(0, ge=0)
 
 
-class BenchConfig(_Strict):
+class BenchConfig(StrictModel):
     prompt: str = "Explain in two sentences why the KV cache grows with the context length."
     max_tokens: int = Field(64, ge=1)
     warmup_max_tokens: int = Field(4, ge=1)
 
 
-class GuardrailConfig(_Strict):
+class GuardrailConfig(StrictModel):
     """Before each start, predict the need (physics database, else theory) and compare it with
     free device memory (NVML)."""
 
@@ -228,13 +188,13 @@ class GuardrailConfig(_Strict):
     skip_if_no_fit: bool = Field(False, description="skip a context predicted not to fit")
 
 
-class PathsConfig(_Strict):
+class PathsConfig(StrictModel):
     calibration_dir: Path = Path("calibration")
     report_dir: Path = Path("reports")
     state_dir: Path = Path("run")
 
 
-class Config(_Strict):
+class Config(StrictModel):
     engines: EnginesConfig = EnginesConfig()
     sweep: SweepConfig = SweepConfig()
     probes: ProbeConfig = ProbeConfig()
@@ -251,29 +211,12 @@ class Config(_Strict):
 
     def resolve(self, base: Path) -> Config:
         """Relative paths are relative to the config file's folder; `~` is expanded."""
-
-        def fix(p: Path) -> Path:
-            p = p.expanduser()
-            return p if p.is_absolute() else (base / p)
-
         paths = PathsConfig(
-            calibration_dir=fix(self.paths.calibration_dir),
-            report_dir=fix(self.paths.report_dir),
-            state_dir=fix(self.paths.state_dir),
+            calibration_dir=resolve_path(self.paths.calibration_dir, base),
+            report_dir=resolve_path(self.paths.report_dir, base),
+            state_dir=resolve_path(self.paths.state_dir, base),
         )
-        llamacpp = self.engines.llamacpp.model_copy(
-            update={"model_dir": fix(self.engines.llamacpp.model_dir)}
-        )
-        vllm = self.engines.vllm.model_copy(
-            update={
-                "hf_cache": self.engines.vllm.hf_cache.expanduser(),
-                "model_dir": fix(self.engines.vllm.model_dir)
-                if self.engines.vllm.model_dir
-                else None,
-            }
-        )
-        engines = self.engines.model_copy(update={"llamacpp": llamacpp, "vllm": vllm})
-        return self.model_copy(update={"paths": paths, "engines": engines})
+        return self.model_copy(update={"paths": paths, "engines": self.engines.resolved(base)})
 
 
 def load_config(path: Path) -> Config:
