@@ -15,18 +15,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vramphysics.engines import registry
 from vramphysics.errors import SetupError
 from vramphysics.yamlio import load_yaml
 
-ENGINES = ("llamacpp", "ollama", "vllm")
-
-# (prefix as matched case-insensitively, engine)
-_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("llamacpp:", "llamacpp"),
-    ("vllm:", "vllm"),
-    ("vl_", "vllm"),
-    ("ol_", "ollama"),
-)
 _INT_FLAGS = {"ctx": 1, "img_lim": 0, "vid_lim": 0}  # flag -> smallest valid value
 _BOOL_FLAGS = ("stream",)
 _SETUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -139,17 +131,18 @@ def _int_or_none(v: int | bool | None) -> int | None:
 
 
 def _split_prefix(base: str, raw: str) -> tuple[str, str, str]:
-    lowered = base.lower()
-    for prefix, engine in _PREFIXES:
-        if lowered.startswith(prefix):
-            return engine, base[: len(prefix)], base[len(prefix) :]
-    if ":" in base or "/" in base:
-        return "ollama", "", base
-    raise SetupError(
-        "cannot tell the engine: use a prefix (ol_, vl_, vllm:, llamacpp:) "
-        "or an Ollama name with ':' or '/'",
-        model_id=raw,
-    )
+    """(engine, prefix as written, name) by the registered engines' prefixes; a bare name with
+    ':' or '/' belongs to the engine that claims bare names (Ollama)."""
+    matched = registry.match_prefix(base)
+    if matched is not None:
+        info, prefix = matched
+        return info.name, prefix, base[len(prefix) :]
+    bare = registry.bare_name_engine()
+    if bare is not None and (":" in base or "/" in base):
+        return bare.name, "", base
+    prefixes = ", ".join(p for info in registry.engines() for p in info.prefixes)
+    with_bare = f" or an {bare.label} name with ':' or '/'" if bare is not None else ""
+    raise SetupError(f"cannot tell the engine: use a prefix ({prefixes}){with_bare}", model_id=raw)
 
 
 def load_setups(path: Path) -> dict[str, list[ModelSpec]]:
