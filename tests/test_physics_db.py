@@ -22,6 +22,7 @@ from vramphysics.physics_db import (
     tag_matches,
     write_entries,
 )
+from vramphysics.yamlio import dump_yaml
 
 
 def entry(
@@ -343,7 +344,7 @@ def test_settings_tag_that_disagrees_with_the_settings_is_refused(tmp_path: Path
 def test_the_same_key_twice_is_refused(tmp_path: Path) -> None:
     path = db_path(tmp_path)
     d = entry().to_yaml_dict()
-    path.write_text(yaml.safe_dump({"schema_version": 2, "entries": [d, d]}), encoding="utf-8")
+    path.write_text(dump_yaml({"schema_version": 2, "entries": [d, d]}), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"repeats entries\[0\]") as info:
         load(path)
     assert info.value.key == "entries[1]"
@@ -401,3 +402,24 @@ def test_hand_entry_errors_name_field_entry_and_line(
     assert f"{path}:{on_line}: entries[0]: " in message
     assert needle in message
     assert "__init__" not in message and "positional argument" not in message
+
+
+def test_a_shared_value_is_written_out_not_aliased(tmp_path: Path) -> None:
+    """The database is dumped without anchors: our loader refuses aliases (hostile YAML), so a
+    value that occurs twice must be written out twice, or we could not read our own file."""
+    from vramphysics.yamlio import load_yaml
+
+    shared = {"kv_cache_type": "q8_0", "extra_args": ["-np", "2"]}
+    text = dump_yaml({"entries": [{"settings": shared}, {"settings": shared}]})
+    assert "&id" not in text and "*id" not in text
+    (tmp_path / "x.yaml").write_text(text)
+    doc = load_yaml(tmp_path / "x.yaml", what="physics database").data
+    assert doc["entries"][0]["settings"] == doc["entries"][1]["settings"] == shared
+    e = entry()
+    assert physics_db._dump([e]) == dump_yaml(
+        {
+            "schema_version": physics_db.SCHEMA_VERSION,
+            "units": "bytes; bytes = base_bytes + ctx * cost_per_token_bytes",
+            "entries": [e.to_yaml_dict()],
+        }
+    )

@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vramphysics.errors import ConfigError
-from vramphysics.yamlio import Located, load_yaml
+from vramphysics.yamlio import Located, dump_yaml, load_yaml
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -377,7 +376,7 @@ def _dump(entries: Iterable[PhysicsEntry]) -> str:
         "units": "bytes; bytes = base_bytes + ctx * cost_per_token_bytes",
         "entries": [e.to_yaml_dict() for e in entries],
     }
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
+    return dump_yaml(doc)
 
 
 def write_entries(path: Path, new: Iterable[PhysicsEntry]) -> list[PhysicsEntry]:

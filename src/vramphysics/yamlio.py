@@ -124,3 +124,17 @@ def load_yaml(path: Path, *, what: str) -> Located:
                 line=dup.line,
             ) from None
     return Located(path, data, lines)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes a value that occurs twice in full: our loaders refuse aliases (`load_yaml`)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(doc: Any) -> str:
+    """YAML text without anchors or aliases, keys in the order given, that `load_yaml` reads."""
+    return yaml.dump(
+        doc, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=None, width=100
+    )
