@@ -1,0 +1,32 @@
+"""llama.cpp: `llama-server` when it is on PATH, else `python -m llama_cpp.server`.
+
+- `engine`: `LlamaCppEngine`, one fresh server process per context.
+- `command`: the GGUF file a model ID names and the server's command line.
+- `log`: llama.cpp's own memory lines (also read by the Ollama engine, which embeds llama.cpp).
+
+The names below are imported on first use, so that `import vramphysics.engines.llamacpp.log`
+(the Ollama engine does) loads neither the engine nor its HTTP client code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vramphysics.engines.llamacpp.command import resolve_model_path
+    from vramphysics.engines.llamacpp.engine import LlamaCppEngine
+
+__all__ = ["LlamaCppEngine", "resolve_model_path"]
+
+_HOMES = {
+    "LlamaCppEngine": "vramphysics.engines.llamacpp.engine",
+    "resolve_model_path": "vramphysics.engines.llamacpp.command",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)
