@@ -54,7 +54,7 @@ from vramphysics.records import (
     Record,
     RunHeader,
     StatusRow,
-    Warning_,
+    WarningRow,
 )
 from vramphysics.redact import add_redacting_filter, install_log_redaction, redact
 from vramphysics.report import ReportFiles, run_end_text, write_reports
@@ -448,7 +448,7 @@ def _guardrail(run: _Run, engine: Engine, spec: ModelSpec, ctx: int, theory: The
     )
     log.warning("%s: %s", spec.raw, message)
     run.record(
-        Warning_(
+        WarningRow(
             model=spec.raw,
             engine=engine.name,
             ctx=ctx,
