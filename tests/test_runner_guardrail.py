@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from vramphysics import runner
 from vramphysics.config import Config, PathsConfig
 from vramphysics.physics_db import PhysicsEntry, db_path, write_entries
 from vramphysics.probes import GpuInfo, NvmlStatus
 from vramphysics.records import Record, WarningRow
+from vramphysics.runner import guardrail as runner
 from vramphysics.setups import parse_model_id
 
 GIB = 2**30

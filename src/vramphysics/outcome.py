@@ -188,7 +188,9 @@ def _model(
     final = c.finals.get(model)
     mpoints = sorted((p for (m, _c), p in c.points.items() if m == model), key=lambda p: p.ctx)
     engine = (
-        info.engine if info else (mpoints[0].engine if mpoints else (final.engine if final else "?"))
+        info.engine
+        if info
+        else (mpoints[0].engine if mpoints else (final.engine if final else "?"))
     )
     fits, why_not = fits_for(mpoints, min_points)
     status, reason = _status(final, mpoints, fits, why_not)
