@@ -12,51 +12,79 @@ import argparse
 import json
 import os
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 from vramphysics import allocate, physics_db
-from vramphysics.allocate import Physics, Plan
+from vramphysics.allocate import Physics, Plan, PlanDevice
+from vramphysics.cli.options import add_common, add_model_metadata
 from vramphysics.errors import ConfigError
+from vramphysics.physics_db import DB_FILENAME
+from vramphysics.setups import ENGINES
 from vramphysics.theory import Theory, load_theory
 
 GIB = allocate.GIB
 
 
-@dataclass(frozen=True)
-class _Device:
-    total_bytes: int
-    used_bytes: int
-    messages: tuple[str, ...]
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p_plan = sub.add_parser(
+        "plan", help="vLLM utilization / longest context / fit verdict from calibrated physics"
+    )
+    p_plan.add_argument(
+        "--physics",
+        type=Path,
+        default=Path("calibration") / DB_FILENAME,
+        metavar="FILE",
+        help=f"physics database (default calibration/{DB_FILENAME})",
+    )
+    p_plan.add_argument(
+        "--engine",
+        required=True,
+        choices=ENGINES,
+        help="the engine: vllm reserves memory up front, ollama and llamacpp on demand",
+    )
+    p_plan.add_argument("--model", required=True, metavar="ID", help="model ID as calibrated")
+    p_plan.add_argument("--device", required=True, metavar="NAME", help="GPU name as calibrated")
+    p_plan.add_argument(
+        "--settings",
+        metavar="TAG",
+        help="the calibration's memory settings, when the model was calibrated with several: "
+        "parts of its tag (kv=q8_0 or kv=q8_0,np=1), its #hash, or the whole tag",
+    )
+    _add_device_and_target(p_plan)
+    add_model_metadata(p_plan, required=False)
+    p_plan.add_argument(
+        "--kv-cache-bytes",
+        action="store_true",
+        help="vLLM command with --kv-cache-memory-bytes instead of --gpu-memory-utilization",
+    )
+    p_plan.add_argument("--port", type=int, default=8000, help="port in the vLLM command")
+    p_plan.add_argument("--json", action="store_true", help="print JSON")
+    add_common(p_plan)
+    p_plan.set_defaults(func=cmd_plan)
 
 
-def _nvml_memory(device: str) -> tuple[tuple[int, int] | None, str]:
-    """(total, used) of the GPU named `device`, and a sentence saying what NVML said."""
-    import pynvml
-
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return None, f"NVML unavailable ({exc})"
-    try:
-        names = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            raw = pynvml.nvmlDeviceGetName(handle)
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            names.append(name)
-            if name == device:
-                mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                total_b, used_b = int(mem.total), int(mem.used)
-                return (total_b, used_b), (
-                    f"NVML: GPU {i} ({name}) has {allocate.format_bytes(used_b)} of "
-                    f"{allocate.format_bytes(total_b)} in use, counted as used by others"
-                )
-        return None, f"NVML: no GPU named {device!r} (found: {', '.join(names) or 'none'})"
-    except pynvml.NVMLError as exc:
-        return None, f"NVML unavailable ({exc})"
-    finally:
-        pynvml.nvmlShutdown()
+def _add_device_and_target(p_plan: argparse.ArgumentParser) -> None:
+    """The device's figures, the context or budget to plan, and the margin."""
+    p_plan.add_argument(
+        "--total-gib",
+        type=float,
+        metavar="G",
+        help="device memory (default: from the calibration, else NVML)",
+    )
+    target = p_plan.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ctx", type=int, metavar="N", help="plan this context length")
+    target.add_argument(
+        "--budget-gib", type=float, metavar="B", help="longest context within this memory"
+    )
+    p_plan.add_argument(
+        "--margin", type=float, default=0.05, help="safety margin, fraction of the device (0.05)"
+    )
+    p_plan.add_argument(
+        "--used-gib",
+        type=float,
+        metavar="U",
+        help="memory used by other processes (default: NVML's used memory, else 0)",
+    )
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -109,32 +137,16 @@ def _physics(
     return physics, entry
 
 
-def _device(args: argparse.Namespace, entry: physics_db.PhysicsEntry | None) -> _Device:
+def _device(args: argparse.Namespace, entry: physics_db.PhysicsEntry | None) -> PlanDevice:
     """Total and used memory: the flags, else the calibration's total, else NVML."""
-    messages: list[str] = []
-    total = round(args.total_gib * GIB) if args.total_gib is not None else None
-    if total is None and entry is not None and entry.device_total_bytes:
-        total = int(entry.device_total_bytes)
-        messages.append(f"device total {allocate.format_bytes(total)} from the calibration")
-    used = round(args.used_gib * GIB) if args.used_gib is not None else None
-    if total is None or used is None:
-        nvml, said = _nvml_memory(args.device)
-        messages.append(said)
-        if nvml is not None:
-            total = nvml[0] if total is None else total
-            used = nvml[1] if used is None else used
-    if total is None:
-        raise ConfigError("the device's memory is unknown: give it", key="--total-gib")
-    if used is None:
-        used = 0
-        messages.append("memory used by other processes unknown: taken as 0")
-    if used > total:
-        raise ConfigError(
-            f"{allocate.format_bytes(used)} used by others is more than the device's "
-            f"{allocate.format_bytes(total)}",
-            key="--used-gib",
-        )
-    return _Device(total, used, tuple(messages))
+    return allocate.resolve_device(
+        args.device,
+        total_bytes=round(args.total_gib * GIB) if args.total_gib is not None else None,
+        used_bytes=round(args.used_gib * GIB) if args.used_gib is not None else None,
+        calibrated_total_bytes=entry.device_total_bytes if entry is not None else None,
+        total_key="--total-gib",
+        used_key="--used-gib",
+    )
 
 
 def _vllm_commands(plan: Plan, args: argparse.Namespace) -> tuple[list[str], list[str]] | None:
@@ -178,34 +190,27 @@ def _vllm_flag_message() -> tuple[str, bool | None]:
     return f"the installed vLLM {version} {verb} --kv-cache-memory-bytes", supports
 
 
-def _render(plan: Plan, advice: list[tuple[str, str]]) -> None:
-    verdict = "FITS" if plan.fits else "REFUSED"
-    print(f"{verdict}: {plan.engine} / {plan.model} on {plan.device} ({plan.source} physics)")
-    if plan.settings_tag:
-        print(f"settings: {plan.settings_tag}")
-    print(
-        f"device:   {allocate.format_bytes(plan.total_bytes)} total, "
-        f"{allocate.format_bytes(plan.used_by_others_bytes)} used by others, "
-        f"{allocate.format_bytes(plan.free_bytes)} free; margin {plan.margin:g}"
-    )
-    print(
-        f"physics:  {allocate.format_bytes(plan.base_bytes)} + ctx x "
-        f"{allocate.format_bytes(plan.cost_per_token_bytes)}"
-    )
-    if plan.ctx is not None and plan.required_bytes is not None:
-        print(f"ctx {plan.ctx}: needs {allocate.format_bytes(plan.required_bytes)}")
-    if plan.gpu_memory_utilization is not None:
-        print(f"--gpu-memory-utilization {plan.gpu_memory_utilization:.3f}")
-    if plan.max_context is not None:
-        print(f"longest context: {plan.max_context} tokens")
-    for message in plan.messages:
-        print(f"- {message}")
-    for label, text in advice:
-        print(f"{label + ':':9} {text}")
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     """A plan for one engine, model and device; exits 0 even when the plan is refused."""
+    plan, supports = _make_plan(args)
+    if args.json:
+        commands = _vllm_commands(plan, args)
+        doc = plan.to_dict()
+        doc.update(
+            command=commands[0] if commands else None,
+            docker_command=commands[1] if commands else None,
+            advice=dict(_advice(plan, args)),
+            kv_cache_memory_bytes_supported=supports,
+        )
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(allocate.render_plan(plan, _advice(plan, args)))
+    return 0
+
+
+def _make_plan(args: argparse.Namespace) -> tuple[Plan, bool | None]:
+    """The plan, with where its figures came from; and whether the installed vLLM takes
+    --kv-cache-memory-bytes (None: not asked, or no vLLM here)."""
     _check_args(args)
     entries = physics_db.load(args.physics)
     physics, entry = _physics(args, entries, _theory(args))
@@ -229,16 +234,4 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if allocate.memory_kind(args.engine) == "preallocated":
         said, supports = _vllm_flag_message()
         plan = allocate.with_messages(plan, [said])
-    if args.json:
-        commands = _vllm_commands(plan, args)
-        doc = plan.to_dict()
-        doc.update(
-            command=commands[0] if commands else None,
-            docker_command=commands[1] if commands else None,
-            advice=dict(_advice(plan, args)),
-            kv_cache_memory_bytes_supported=supports,
-        )
-        print(json.dumps(doc, indent=2))
-        return 0
-    _render(plan, _advice(plan, args))
-    return 0
+    return plan, supports
