@@ -13,19 +13,13 @@ server is ours, its log (which embeds llama.cpp's) gives the weights / KV / comp
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import psutil
-from tqdm import tqdm
 
 from vramphysics.config import OllamaConfig
 from vramphysics.engines.base import (
@@ -34,42 +28,34 @@ from vramphysics.engines.base import (
     Engine,
     EngineStatus,
     MemoryComponents,
-    ResidentModel,
-    Usage,
 )
-from vramphysics.engines.gpus import gpu_env, pinned_indices
-from vramphysics.engines.llamacpp_log import components_from_log
-from vramphysics.engines.process import ManagedProcess
+from vramphysics.engines.ollama import api
+from vramphysics.engines.ollama.api import (
+    engine_timings,
+    error_text,
+    find_model,
+    int_or_none,
+    normalize_model_name,
+)
+from vramphysics.engines.ollama.chat import chat
+from vramphysics.engines.ollama.load import (
+    LoadResult,
+    check_context_length,
+    load,
+    load_error,
+    load_failed,
+)
+from vramphysics.engines.ollama.memory import memory_from_ps
+from vramphysics.engines.ollama.server import OllamaServer, launch_env
 from vramphysics.errors import EngineError
 from vramphysics.setups import ModelSpec
 
 if TYPE_CHECKING:
     from vramphysics.theory import Theory
 
+__all__ = ["OllamaEngine", "engine_timings", "normalize_model_name"]
+
 log = logging.getLogger(__name__)
-
-_NOT_ENOUGH_MEMORY = ("requires more system memory", "insufficient memory", "not enough memory")
-_OOM_MARKERS = ("out of memory", "cudamalloc failed", "unable to allocate", "failed to allocate")
-_LOG_MAX_BYTES = 8_000_000
-
-
-def normalize_model_name(name: str) -> str:
-    """Ollama's names are `[namespace/]model[:tag]`, case-insensitive, with tag `latest` by default.
-
-    `qwen2.5` and `qwen2.5:latest` are the same model; `qwen2.5:7b` and `qwen2.5:7b-instruct` are not.
-    """
-    text = name.strip().lower()
-    head, slash, last = text.rpartition("/")
-    if ":" not in last:
-        last += ":latest"
-    return f"{head}{slash}{last}"
-
-
-@dataclass(frozen=True)
-class _LoadResult:
-    status: int | None
-    body: str
-    error: BaseException | None = None
 
 
 class OllamaEngine(Engine):
@@ -79,216 +65,60 @@ class OllamaEngine(Engine):
         super().__init__(state_dir=state_dir, log_dir=log_dir)
         self.cfg = cfg
         self._client = httpx.Client(timeout=httpx.Timeout(cfg.request_timeout_s, connect=5.0))
-        self._server: ManagedProcess | None = None  # only a server we started
-        self._server_env: dict[str, str] = {}
-        self._version: str | None = None
+        self._server = OllamaServer(cfg, self._client, self)
         self._spec: ModelSpec | None = None
         self._ctx: int | None = None
         self._log_offset = 0
         self._loader: threading.Thread | None = None
-        self._load_result: _LoadResult | None = None
+        self._load_result: LoadResult | None = None
         self._warned: set[str] = set()
-        self._foreign: tuple[int, float] | None = None  # (pid, create time) of a server not ours
         self._closed = False
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.cfg.host}:{self.cfg.port}"
+        return self._server.base_url
 
     @property
     def owns_server(self) -> bool:
-        return self._server is not None
+        return self._server.ours
 
     # -- the service ---------------------------------------------------------------------------
-    def _probe_version(self) -> str | None:
-        """The server's version, None when nothing answers; start_failed when it is not Ollama."""
-        url = f"{self.base_url}/api/version"
-        try:
-            r = self._client.get(url, timeout=3.0)
-        except httpx.TransportError:
-            return None
-        try:
-            version = r.json().get("version") if r.status_code == 200 else None
-        except (json.JSONDecodeError, AttributeError):
-            version = None
-        if not isinstance(version, str):
-            raise EngineError(
-                "start_failed",
-                f"something that is not Ollama answers at {self.base_url} "
-                f"(HTTP {r.status_code} on /api/version); set engines.ollama.host/port",
-            )
-        return version
-
     def _ensure_server(self) -> None:
         """Make sure an Ollama server answers; start `cfg.command` when allowed and none does."""
         if self._closed:
             raise RuntimeError("engine closed")
-        if self._server is not None:
-            if self._server.alive() and self._version is not None:
-                return
-            if not self._server.alive():
-                # the start in flight has already failed (check_alive, wait_ready, complete):
-                # start a fresh server for what follows rather than failing every later model
-                dead, self._server, self._version = self._server, None, None
-                log.warning(
-                    "the Ollama server we started exited with code %s; starting it again",
-                    dead.returncode,
-                )
-                dead.stop(self.cfg.stop_timeout_s)
-        version = self._probe_version()
-        if version is not None:
-            self._version = version
-            return
-        if not self.cfg.start_server:
-            raise EngineError(
-                "start_failed",
-                f"no Ollama server answers at {self.base_url} and engines.ollama.start_server is "
-                "false: start `ollama serve` or allow start_server",
-            )
-        self._launch_server()
+        self._server.ensure()
 
     def _launch_env(self) -> dict[str, str]:
-        env = {"OLLAMA_HOST": f"{self.cfg.host}:{self.cfg.port}"}
-        env["OLLAMA_KV_CACHE_TYPE"] = self.cfg.kv_cache_type
-        flash = self.cfg.flash_attention
-        if flash is None and self.cfg.kv_cache_type != "f16":
-            flash = True  # Ollama ignores a quantized cache type without flash attention
-        if flash is not None:
-            env["OLLAMA_FLASH_ATTENTION"] = "1" if flash else "0"
-        if self.cfg.num_parallel is not None:
-            env["OLLAMA_NUM_PARALLEL"] = str(self.cfg.num_parallel)
-        env.update(gpu_env(self.cfg.gpus, docker=False))
-        env.update(self.cfg.env)
-        return env
+        return launch_env(self.cfg)
 
     def gpu_indices(self) -> tuple[int, ...] | None:
         """The GPUs of a server we started (engines.ollama.gpus); a server someone else runs
         may use any GPU it sees: None."""
-        return pinned_indices(self.cfg.gpus) if self._server is not None else None
-
-    def _launch_server(self) -> None:
-        argv = list(self.cfg.command)
-        env = self._launch_env()
-        log_path = self.log_dir / "ollama-serve.log"
-        log.info("no Ollama server at %s: starting %s", self.base_url, " ".join(argv))
-        self.claim_port(self.cfg.host, self.cfg.port)  # port_in_use: something mute holds it
-        try:
-            proc = ManagedProcess(
-                argv,
-                log_path=log_path,
-                label=f"ollama serve {self.cfg.host}:{self.cfg.port}",
-                env=env,
-                state_dir=self.state_dir,
-            )
-        except OSError as exc:
-            raise EngineError(
-                "start_failed",
-                f"cannot run {argv[0]!r} ({exc.strerror}): install Ollama or set engines.ollama.command",
-            ) from exc
-        self._server, self._server_env = proc, {**os.environ, **env}
-        deadline = time.monotonic() + self.cfg.start_timeout_s
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                tail = proc.log_tail()
-                self._server = None
-                proc.stop(self.cfg.stop_timeout_s)
-                raise EngineError(
-                    "start_failed",
-                    f"`{' '.join(argv)}` exited with code {proc.returncode} before it answered "
-                    f"at {self.base_url}",
-                    log_tail=tail,
-                )
-            try:
-                version = self._probe_version()
-            except EngineError:
-                version = None  # another server answered: wait for ours to fail on the port
-            if version is not None:
-                self.check_listener(proc.pid, self.cfg.host, self.cfg.port)
-                self._version = version
-                log.info("Ollama %s started (pid %d), log %s", version, proc.pid, log_path)
-                return
-            time.sleep(0.2)
-        tail = proc.log_tail()
-        self._server = None
-        proc.stop(self.cfg.stop_timeout_s)
-        raise EngineError(
-            "timeout",
-            f"`{' '.join(argv)}` did not answer at {self.base_url} within {self.cfg.start_timeout_s:.0f} s",
-            log_tail=tail,
-        )
-
-    def _server_pid(self) -> int | None:
-        if self._server is not None:
-            return self._server.pid if self._server.alive() else None
-        if self._foreign is not None:
-            pid, created = self._foreign
-            try:
-                if abs(psutil.Process(pid).create_time() - created) < 1.0:
-                    return pid
-            except psutil.Error:
-                pass
-            self._foreign = None
-        found = _listening_pid(self.cfg.port)
-        if found is not None:
-            try:
-                self._foreign = (found, psutil.Process(found).create_time())
-            except psutil.Error:
-                return None
-        return found
-
-    def _server_environ(self) -> dict[str, str] | None:
-        """The environment of the server: ours as we launched it, another's when psutil may read it."""
-        if self._server is not None:
-            return self._server_env
-        pid = self._server_pid()
-        if pid is None:
-            return None
-        try:
-            return dict(psutil.Process(pid).environ())
-        except psutil.Error:
-            return None
+        return self._server.gpu_indices()
 
     def num_parallel(self) -> tuple[int, str]:
         """OLLAMA_NUM_PARALLEL (Ollama caches num_ctx x it tokens) and where the value came from."""
-        if self.cfg.num_parallel is not None:
-            return self.cfg.num_parallel, "config"
-        env = self._server_environ()
-        raw = (env or {}).get("OLLAMA_NUM_PARALLEL", "").strip()
-        if raw.isdigit() and int(raw) > 0:
-            return int(raw), "server environment"
-        if env is None:
-            return 1, "assumed (Ollama's default; the server's environment is not readable)"
-        return 1, "Ollama's default"
+        return self._server.num_parallel()
 
     def kv_cache_type(self) -> tuple[str, str]:
         """The KV cache type the server uses, and where the value came from."""
-        if self._server is not None:
-            return self.cfg.kv_cache_type, "config"
-        env = self._server_environ()
-        if env is None:
-            return self.cfg.kv_cache_type, "config (the server's environment is not readable)"
-        kv = env.get("OLLAMA_KV_CACHE_TYPE", "").strip().lower() or "f16"
-        if kv != "f16" and env.get("OLLAMA_FLASH_ATTENTION", "").strip().lower() not in (
-            "1",
-            "true",
-        ):
-            return "f16", "server environment (quantized cache ignored without flash attention)"
-        return kv, "server environment"
+        return self._server.kv_cache_type()
 
     # -- what we run -----------------------------------------------------------------------------
     def version(self) -> str:
-        if self._version is None:
+        if self._server.version is None:
             try:
                 self._ensure_server()
             except EngineError as exc:
                 log.warning("Ollama version unknown: %s", exc)
                 return "ollama (unreachable)"
-        return f"ollama {self._version}"
+        return f"ollama {self._server.version}"
 
     def settings(self) -> dict[str, Any]:
         n_parallel, n_parallel_source = self.num_parallel()
         kv_type, kv_source = self.kv_cache_type()
-        env = self._server_environ() or {}
+        env = self._server.environ() or {}
         return {
             "host": self.cfg.host,
             "port": self.cfg.port,
@@ -300,99 +130,22 @@ class OllamaEngine(Engine):
             "flash_attention": env.get("OLLAMA_FLASH_ATTENTION"),
             "server": (
                 f"started by us: {' '.join(self.cfg.command)}"
-                if self._server is not None
+                if self._server.ours
                 else "already running (not ours)"
             ),
         }
 
     def check_available(self, spec: ModelSpec) -> Availability:
         self._ensure_server()
-        data = self._get_json("/api/tags", kind="request_failed", model_id=spec.raw)
-        want = normalize_model_name(spec.name)
-        for m in data.get("models") or []:
-            if not isinstance(m, dict):
-                continue
-            name = str(m.get("name") or m.get("model") or "")
-            if name and normalize_model_name(name) == want:
-                digest = str(m.get("digest") or "")[:12]
-                size = m.get("size")
-                where = f"{name} in Ollama's store" + (
-                    f" ({size / 1e9:.2f} GB)" if isinstance(size, int) else ""
-                )
-                return Availability(
-                    True, where, f"ollama:{name}@{digest}" if digest else f"ollama:{name}"
-                )
-        return Availability(
-            False,
-            f"{spec.name} is not in the store of the Ollama server at {self.base_url} "
-            f"(`ollama pull {spec.name}`, or run with --force-download)",
-            None,
+        data = api.get_json(
+            self._client, self.base_url, "/api/tags", kind="request_failed", model_id=spec.raw
         )
+        return api.store_availability(data, spec, self.base_url)
 
     def download(self, spec: ModelSpec) -> None:
         """`POST /api/pull`, streamed: byte progress per layer; the stream must end in `success`."""
         self._ensure_server()
-        url = f"{self.base_url}/api/pull"
-        silence = self.cfg.pull_silence_timeout_s
-        timeout = httpx.Timeout(connect=10.0, read=silence, write=30.0, pool=10.0)
-        bars: dict[str, tqdm[Any]] = {}
-        success = False
-        log.info("pulling %s from the Ollama library", spec.name)
-        try:
-            with self._client.stream(
-                "POST", url, json={"model": spec.name, "stream": True}, timeout=timeout
-            ) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise EngineError(
-                        "download_failed",
-                        f"HTTP {response.status_code} from {url}: {_error_text(response.text)}",
-                        model_id=spec.raw,
-                    )
-                for event in _iter_ndjson(
-                    response.iter_lines(), kind="download_failed", model_id=spec.raw
-                ):
-                    status = str(event.get("status", ""))
-                    digest = event.get("digest")
-                    if isinstance(digest, str) and isinstance(event.get("total"), int):
-                        bar = bars.get(digest)
-                        if bar is None:
-                            bar = bars[digest] = tqdm(
-                                total=event["total"],
-                                desc=f"{spec.name} {digest.removeprefix('sha256:')[:12]}",
-                                unit="B",
-                                unit_scale=True,
-                                leave=False,
-                                disable=None,
-                            )
-                        done = event.get("completed")
-                        if isinstance(done, int) and done > bar.n:
-                            bar.update(done - bar.n)
-                    elif status:
-                        log.info("pull %s: %s", spec.name, status)
-                    if status == "success":
-                        success = True
-        except httpx.TimeoutException as exc:
-            raise EngineError(
-                "timeout",
-                f"pulling {spec.name}: no progress from {url} for {silence:.0f} s",
-                model_id=spec.raw,
-            ) from exc
-        except httpx.TransportError as exc:
-            raise EngineError(
-                "download_failed",
-                f"pulling {spec.name}: the stream from {url} broke ({type(exc).__name__})",
-                model_id=spec.raw,
-            ) from exc
-        finally:
-            for bar in bars.values():
-                bar.close()
-        if not success:
-            raise EngineError(
-                "download_failed",
-                f"pulling {spec.name}: the stream ended without `success`",
-                model_id=spec.raw,
-            )
+        api.pull(self._client, self.base_url, spec, silence_s=self.cfg.pull_silence_timeout_s)
 
     def theory(self, spec: ModelSpec) -> Theory | None:
         """From `POST /api/show`; None (with a warning) when the server cannot answer."""
@@ -405,7 +158,7 @@ class OllamaEngine(Engine):
             log.warning("%s: no /api/show answer: %s", spec.raw, exc)
             return None
         if r.status_code != 200:
-            log.warning("%s: /api/show: HTTP %d %s", spec.raw, r.status_code, _error_text(r.text))
+            log.warning("%s: /api/show: HTTP %d %s", spec.raw, r.status_code, error_text(r.text))
             return None
         show = r.json()
         kv_type, _source = self.kv_cache_type()
@@ -421,7 +174,7 @@ class OllamaEngine(Engine):
         """
         self.stop()
         self._ensure_server()
-        self._log_offset = self._log_size()
+        self._log_offset = self._server.log_size()
         self._spec, self._ctx = spec, ctx
         payload = {
             "model": spec.name,
@@ -437,15 +190,7 @@ class OllamaEngine(Engine):
         self._loader.start()
 
     def _load(self, payload: dict[str, Any]) -> None:
-        try:
-            r = self._client.post(
-                f"{self.base_url}/api/generate",
-                json=payload,
-                timeout=httpx.Timeout(self.cfg.start_timeout_s, connect=5.0),
-            )
-            self._load_result = _LoadResult(r.status_code, r.text)
-        except httpx.HTTPError as exc:
-            self._load_result = _LoadResult(None, "", exc)
+        self._load_result = load(self._client, self.base_url, payload, self.cfg.start_timeout_s)
 
     def wait_ready(self) -> None:
         spec, ctx = self._require_started()
@@ -460,11 +205,26 @@ class OllamaEngine(Engine):
                     log_tail=self.log_tail(),
                 )
         self._check_load_result(spec)
+        models, entry = self._wait_listed(spec, deadline)
+        others = [str(m.get("name")) for m in models if m is not entry]
+        if others:
+            log.warning(
+                "%s: Ollama has other models loaded (%s): memory figures include them",
+                spec.raw,
+                ", ".join(others),
+            )
+        check_context_length(spec, ctx, entry.get("context_length"))
+        self._check_kv_cells(spec, ctx)
+
+    def _wait_listed(
+        self, spec: ModelSpec, deadline: float
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """/api/ps's models once it lists ours, and our entry; `timeout` past the deadline."""
         while True:
             models = self._ps(model_id=spec.raw)
-            entry = _find(models, spec.name)
+            entry = find_model(models, spec.name)
             if entry is not None:
-                break
+                return models, entry
             if time.monotonic() > deadline:
                 raise EngineError(
                     "timeout",
@@ -473,69 +233,18 @@ class OllamaEngine(Engine):
                     log_tail=self.log_tail(),
                 )
             time.sleep(0.1)
-        others = [str(m.get("name")) for m in models if m is not entry]
-        if others:
-            log.warning(
-                "%s: Ollama has other models loaded (%s): memory figures include them",
-                spec.raw,
-                ", ".join(others),
-            )
-        applied = entry.get("context_length")
-        if applied is None:
-            log.warning(
-                "%s: this Ollama's /api/ps does not report context_length: "
-                "cannot confirm that num_ctx %d was applied",
-                spec.raw,
-                ctx,
-            )
-        elif int(applied) != ctx:
-            raise EngineError(
-                "other",
-                f"asked Ollama for num_ctx {ctx} but /api/ps reports context_length {applied} "
-                "(Ollama caps num_ctx at the model's training context)",
-                model_id=spec.raw,
-            )
-        self._check_kv_cells(spec, ctx)
 
     def _check_load_result(self, spec: ModelSpec) -> None:
         res = self._load_result
-        if res is None:
+        if res is None or not load_failed(res):
             return
-        if res.error is not None:
-            if self._server is not None and not self._server.alive():
-                raise EngineError(
-                    "engine_crashed",
-                    f"the Ollama server exited with code {self._server.returncode} while loading",
-                    model_id=spec.raw,
-                    log_tail=self.log_tail(),
-                )
-            kind = "timeout" if isinstance(res.error, httpx.TimeoutException) else "start_failed"
-            raise EngineError(
-                kind,
-                f"loading the model: {type(res.error).__name__} from {self.base_url}/api/generate",
-                model_id=spec.raw,
-                log_tail=self.log_tail(),
-            )
-        if res.status == 200:
-            return
-        message = _error_text(res.body)
-        if res.status == 404:
-            raise EngineError(
-                "model_not_found",
-                f"Ollama: {message} (removed since the availability check?)",
-                model_id=spec.raw,
-            )
-        lowered = message.lower()
-        if any(m in lowered for m in _NOT_ENOUGH_MEMORY):
-            kind = "insufficient_free_memory"
-        elif any(m in lowered for m in _OOM_MARKERS):
-            kind = "cuda_oom"
-        else:
-            kind = "start_failed"
-        raise EngineError(
-            kind,
-            f"loading the model: HTTP {res.status}: {message}",
-            model_id=spec.raw,
+        proc = self._server.proc
+        raise load_error(
+            res,
+            spec,
+            self.base_url,
+            died=proc is not None and not proc.alive(),
+            exit_code=proc.returncode if proc is not None else None,
             log_tail=self.log_tail(),
         )
 
@@ -552,18 +261,12 @@ class OllamaEngine(Engine):
 
     def check_alive(self) -> None:
         spec, _ctx = self._require_started()
-        if self._server is not None and not self._server.alive():
-            raise EngineError(
-                "engine_crashed",
-                f"the Ollama server we started exited with code {self._server.returncode}",
-                model_id=spec.raw,
-                log_tail=self.log_tail(),
-            )
+        self._raise_if_server_died(spec)
         try:
             models = self._ps(model_id=spec.raw)
         except EngineError as exc:
             raise EngineError("engine_crashed", exc.message, model_id=spec.raw) from exc
-        if _find(models, spec.name) is None:
+        if find_model(models, spec.name) is None:
             raise EngineError(
                 "engine_crashed",
                 "the model is no longer loaded (its runner exited, or it was unloaded)",
@@ -582,178 +285,75 @@ class OllamaEngine(Engine):
             "options": {"num_ctx": ctx, "num_predict": max_tokens, "temperature": 0},
             "keep_alive": self.cfg.keep_alive,
         }
-        timeout_s = self.cfg.request_timeout_s
-        sent = time.monotonic()
-        first = last = None
-        n_chunks = 0
-        final: dict[str, Any] | None = None
         try:
-            with self._client.stream("POST", url, json=payload, timeout=timeout_s) as response:
-                if response.status_code != 200:
-                    response.read()
-                    kind = "model_not_found" if response.status_code == 404 else "request_failed"
-                    raise EngineError(
-                        kind,
-                        f"HTTP {response.status_code} from {url}: {_error_text(response.text)}",
-                        model_id=spec.raw,
-                    )
-                for event in _iter_ndjson(
-                    response.iter_lines(), kind="request_failed", model_id=spec.raw
-                ):
-                    now = time.monotonic()
-                    message = event.get("message")
-                    text = message.get("content") if isinstance(message, dict) else None
-                    if isinstance(text, str) and text:
-                        n_chunks += 1
-                        first = now if first is None else first
-                        last = now
-                    if event.get("done") is True:
-                        final = event
-                    if now - sent > timeout_s:
-                        raise EngineError(
-                            "timeout", f"request ran past {timeout_s:.0f} s", model_id=spec.raw
-                        )
-        except httpx.TimeoutException as exc:
-            raise EngineError(
-                "timeout", f"no answer within {timeout_s:.0f} s from {url}", model_id=spec.raw
-            ) from exc
-        except httpx.TransportError as exc:
+            return chat(
+                self._client,
+                url,
+                payload,
+                timeout_s=self.cfg.request_timeout_s,
+                model_id=spec.raw,
+            )
+        except httpx.TransportError as exc:  # timeouts are EngineErrors already
             self._raise_if_server_died(spec)
             raise EngineError(
                 "request_failed", f"{type(exc).__name__} talking to {url}", model_id=spec.raw
             ) from exc
-        end = time.monotonic()
-        if final is None:
-            raise EngineError(
-                "request_failed",
-                f"the stream from {url} ended without a final `done` object",
-                model_id=spec.raw,
-            )
-        return Completion(
-            sent_s=sent,
-            first_text_s=first,
-            last_text_s=last,
-            end_s=end,
-            usage=Usage(
-                prompt_tokens=_int_or_none(final.get("prompt_eval_count")),
-                completion_tokens=_int_or_none(final.get("eval_count")),
-                source="engine-usage",
-            ),
-            n_chunks=n_chunks,
-            engine_timings=engine_timings(final),
-        )
 
     def root_pid(self) -> int | None:
         """The server's pid: its tree holds the runner processes that load models."""
-        return self._server_pid()
+        return self._server.pid()
 
     def memory_report(self) -> MemoryComponents | None:
         if self._spec is None:
             return None
         spec, ctx = self._spec, self._ctx
         try:
-            entry = _find(self._ps(model_id=spec.raw), spec.name)
+            entry = find_model(self._ps(model_id=spec.raw), spec.name)
         except EngineError as exc:
             log.warning("%s: no /api/ps answer: %s", spec.raw, exc)
             entry = None
         if entry is None:
             return self._log_components()
-        size = _int_or_none(entry.get("size")) or 0
-        size_vram = _int_or_none(entry.get("size_vram")) or 0
-        spilled = size_vram < size
-        if spilled and f"spill:{spec.raw}:{ctx}" not in self._warned:
-            self._warned.add(f"spill:{spec.raw}:{ctx}")
-            log.warning(
-                "%s ctx=%s: only %.2f of %.2f GiB in VRAM (/api/ps size_vram < size): "
-                "the rest is in system memory%s",
-                spec.raw,
-                ctx,
-                size_vram / 2**30,
-                size / 2**30,
-                " (no GPU in use)" if size_vram == 0 else "",
-            )
+        size = int_or_none(entry.get("size")) or 0
+        size_vram = int_or_none(entry.get("size_vram")) or 0
+        if size_vram < size:
+            self._warn_spilled(spec, ctx, size, size_vram)
         n_parallel, _source = self.num_parallel()
-        extra: dict[str, Any] = {
-            "size_vram": size_vram,
-            "spilled_to_cpu": spilled,
-            "context_length": entry.get("context_length"),
-            "num_parallel": n_parallel,
-            "expires_at": entry.get("expires_at"),
-        }
-        parts = self._log_components()
-        if parts is None:
-            extra["breakdown"] = (
-                "none: the server's log is not ours"
-                if self._server is None
-                else "none found in the server log"
-            )
-            return MemoryComponents(
-                source="ollama-ps",
-                total_bytes=size,
-                device_resident=size_vram > 0,
-                extra=extra,
-            )
-        extra.update(parts.extra)
-        return MemoryComponents(
-            source="ollama-ps",
-            weights_bytes=parts.weights_bytes,
-            kv_pool_bytes=parts.kv_pool_bytes,
-            kv_tokens=parts.kv_tokens,
-            compute_bytes=parts.compute_bytes,
-            total_bytes=size,
-            device_resident=size_vram > 0,
-            extra=extra,
+        return memory_from_ps(
+            entry, self._log_components(), ours=self._server.ours, n_parallel=n_parallel
+        )
+
+    def _warn_spilled(self, spec: ModelSpec, ctx: int | None, size: int, size_vram: int) -> None:
+        """Once per model and context: part of the model is in system memory."""
+        if f"spill:{spec.raw}:{ctx}" in self._warned:
+            return
+        self._warned.add(f"spill:{spec.raw}:{ctx}")
+        log.warning(
+            "%s ctx=%s: only %.2f of %.2f GiB in VRAM (/api/ps size_vram < size): "
+            "the rest is in system memory%s",
+            spec.raw,
+            ctx,
+            size_vram / 2**30,
+            size / 2**30,
+            " (no GPU in use)" if size_vram == 0 else "",
         )
 
     def _log_components(self) -> MemoryComponents | None:
         """llama.cpp's buffer lines in our server's log since this start (None when not ours)."""
-        if self._server is None:
-            return None
-        return components_from_log(
-            _read_from(self._server.log_path, self._log_offset, _LOG_MAX_BYTES), "ollama-log"
-        )
+        return self._server.log_components(self._log_offset)
 
     def log_tail(self, n_lines: int = 40) -> str:
-        return self._server.log_tail(n_lines) if self._server is not None else ""
+        return self._server.log_tail(n_lines)
 
     def stop(self) -> None:
         """Unload the model we loaded and wait until /api/ps no longer lists it; safe to repeat."""
         spec, self._spec, self._ctx = self._spec, None, None
-        loader, self._loader = self._loader, None
-        if loader is not None and loader.is_alive():
-            loader.join(timeout=self.cfg.start_timeout_s)
+        self._join_loader()
         if spec is None or self._closed:
             return
-        if self._server is not None and not self._server.alive():
+        if self._server.died():
             return
-        try:
-            r = self._client.post(
-                f"{self.base_url}/api/generate",
-                json={"model": spec.name, "keep_alive": 0},
-                timeout=self.cfg.unload_timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            log.warning("%s: unload request failed: %s", spec.raw, exc)
-            return
-        if r.status_code not in (200, 404):
-            log.warning("%s: unload: HTTP %d %s", spec.raw, r.status_code, _error_text(r.text))
-        deadline = time.monotonic() + self.cfg.unload_timeout_s
-        while True:
-            try:
-                if _find(self._ps(model_id=spec.raw), spec.name) is None:
-                    return
-            except EngineError as exc:
-                log.warning("%s: cannot confirm the unload: %s", spec.raw, exc)
-                return
-            if time.monotonic() > deadline:
-                log.warning(
-                    "%s: still listed by /api/ps %.0f s after keep_alive 0; the next start may "
-                    "share memory with it",
-                    spec.raw,
-                    self.cfg.unload_timeout_s,
-                )
-                return
-            time.sleep(0.1)
+        api.unload(self._client, self.base_url, spec, self.cfg.unload_timeout_s)
 
     def close(self) -> None:
         if self._closed:
@@ -761,10 +361,7 @@ class OllamaEngine(Engine):
         try:
             self.stop()
         finally:
-            if self._server is not None:  # forgotten only once stopped (a signal may cut in)
-                log.info("stopping the Ollama server we started (pid %d)", self._server.pid)
-                self._server.stop(self.cfg.stop_timeout_s)
-                self._server = None
+            self._server.stop()
             self._closed = True
             self._client.close()
 
@@ -775,7 +372,7 @@ class OllamaEngine(Engine):
         """Up or down at the configured address (never starts a server); /api/ps models."""
         url = self.base_url
         try:
-            version = self._probe_version()
+            version = self._server.probe_version()
         except EngineError as exc:
             return EngineStatus(self.name, False, url, detail=exc.message)
         if version is None:
@@ -786,177 +383,40 @@ class OllamaEngine(Engine):
             return EngineStatus(
                 self.name, True, url, version=f"ollama {version}", detail=exc.message
             )
-        models = tuple(
-            ResidentModel(
-                name=str(m.get("name") or m.get("model") or "?"),
-                size_bytes=_int_or_none(m.get("size")),
-                vram_bytes=_int_or_none(m.get("size_vram")),
-                ctx=_int_or_none(m.get("context_length")),
-            )
-            for m in loaded
-        )
+        models = api.resident_models(loaded)
         return EngineStatus(self.name, True, url, version=f"ollama {version}", models=models)
 
     def detach(self) -> None:
         """Leave the loaded model (and a server we started) running for a loadout."""
-        loader, self._loader = self._loader, None
-        if loader is not None and loader.is_alive():
-            loader.join(timeout=self.cfg.start_timeout_s)
+        self._join_loader()
         spec, ctx = self._spec, self._ctx
         self._spec, self._ctx = None, None
         if spec is not None and ctx is not None:
             # keep it loaded until told otherwise (same num_ctx, so Ollama does not reload it)
-            r = self._client.post(
-                f"{self.base_url}/api/generate",
-                json={"model": spec.name, "keep_alive": -1, "options": {"num_ctx": ctx}},
-                timeout=self.cfg.request_timeout_s,
-            )
-            if r.status_code != 200:
-                raise EngineError(
-                    "request_failed", f"keep_alive -1: HTTP {r.status_code}", model_id=spec.raw
-                )
-        if self._server is not None:
-            server, self._server = self._server, None
-            server.detach()
+            api.keep_loaded(self._client, self.base_url, spec, ctx, self.cfg.request_timeout_s)
+        self._server.detach()
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _join_loader(self) -> None:
+        """Wait for the load request in flight, if any (at most start_timeout_s)."""
+        loader, self._loader = self._loader, None
+        if loader is not None and loader.is_alive():
+            loader.join(timeout=self.cfg.start_timeout_s)
+
     def _require_started(self) -> tuple[ModelSpec, int]:
         if self._spec is None or self._ctx is None:
             raise RuntimeError("engine not started")
         return self._spec, self._ctx
 
     def _raise_if_server_died(self, spec: ModelSpec) -> None:
-        if self._server is not None and not self._server.alive():
+        proc = self._server.proc
+        if proc is not None and not proc.alive():
             raise EngineError(
                 "engine_crashed",
-                f"the Ollama server we started exited with code {self._server.returncode}",
+                f"the Ollama server we started exited with code {proc.returncode}",
                 model_id=spec.raw,
                 log_tail=self.log_tail(),
             )
 
-    def _get_json(self, path: str, *, kind: str, model_id: str | None) -> dict[str, Any]:
-        url = f"{self.base_url}{path}"
-        try:
-            r = self._client.get(url, timeout=10.0)
-        except httpx.TimeoutException as exc:
-            raise EngineError("timeout", f"no answer from {url}", model_id=model_id) from exc
-        except httpx.TransportError as exc:
-            raise EngineError(
-                kind, f"{type(exc).__name__} talking to {url}", model_id=model_id
-            ) from exc
-        if r.status_code != 200:
-            raise EngineError(
-                kind, f"HTTP {r.status_code} from {url}: {_error_text(r.text)}", model_id=model_id
-            )
-        try:
-            data = r.json()
-        except json.JSONDecodeError as exc:
-            raise EngineError(
-                kind, f"not JSON from {url}: {r.text[:80]!r}", model_id=model_id
-            ) from exc
-        if not isinstance(data, dict):
-            raise EngineError(
-                kind, f"unexpected answer from {url}: {r.text[:80]!r}", model_id=model_id
-            )
-        return data
-
     def _ps(self, *, model_id: str | None) -> list[dict[str, Any]]:
-        data = self._get_json("/api/ps", kind="request_failed", model_id=model_id)
-        return [m for m in data.get("models") or [] if isinstance(m, dict)]
-
-    def _log_size(self) -> int:
-        if self._server is None:
-            return 0
-        try:
-            return self._server.log_path.stat().st_size
-        except OSError:
-            return 0
-
-
-# -- pure helpers ---------------------------------------------------------------------------------
-
-
-def engine_timings(final: Mapping[str, Any]) -> dict[str, float]:
-    """Rates from Ollama's final object (durations in nanoseconds)."""
-    out: dict[str, float] = {}
-    n_eval, eval_ns = final.get("eval_count"), final.get("eval_duration")
-    if isinstance(n_eval, int) and isinstance(eval_ns, int) and eval_ns > 0:
-        out["decode_tokens_per_s"] = n_eval / (eval_ns / 1e9)
-    n_prompt, prompt_ns = final.get("prompt_eval_count"), final.get("prompt_eval_duration")
-    if isinstance(n_prompt, int) and isinstance(prompt_ns, int) and prompt_ns > 0:
-        out["prefill_tokens_per_s"] = n_prompt / (prompt_ns / 1e9)
-    load_ns = final.get("load_duration")
-    if isinstance(load_ns, int):
-        out["load_s"] = load_ns / 1e9
-    return out
-
-
-def _iter_ndjson(
-    lines: Iterator[str], *, kind: str, model_id: str | None
-) -> Iterator[dict[str, Any]]:
-    """Decode an NDJSON stream; a malformed line or an `{"error": ...}` object raises `kind`."""
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EngineError(
-                kind, f"malformed line in Ollama's stream: {line[:80]!r}", model_id=model_id
-            ) from exc
-        if not isinstance(event, dict):
-            raise EngineError(
-                kind, f"unexpected line in Ollama's stream: {line[:80]!r}", model_id=model_id
-            )
-        if "error" in event:
-            raise EngineError(kind, f"Ollama: {event['error']}", model_id=model_id)
-        yield event
-
-
-def _find(models: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    want = normalize_model_name(name)
-    for m in models:
-        for key in ("name", "model"):
-            value = m.get(key)
-            if isinstance(value, str) and normalize_model_name(value) == want:
-                return m
-    return None
-
-
-def _error_text(body: str) -> str:
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        return body.strip()[:200]
-    if isinstance(data, dict) and "error" in data:
-        return str(data["error"])
-    return body.strip()[:200]
-
-
-def _int_or_none(v: Any) -> int | None:
-    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def _read_from(path: Path, offset: int, max_bytes: int) -> str:
-    """A log from `offset` on (at most the last `max_bytes` of it)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(offset, size - max_bytes))
-            data = f.read()
-    except FileNotFoundError:
-        return ""
-    return data.decode("utf-8", errors="replace")
-
-
-def _listening_pid(port: int) -> int | None:
-    """The pid listening on a local TCP port, when psutil may see it."""
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.Error, OSError):
-        return None
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-            return int(c.pid)
-    return None
+        return api.ps(self._client, self.base_url, model_id=model_id)
