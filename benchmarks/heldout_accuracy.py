@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from vramphysics.calibrate import context_part_error, fit_linear, measure_point
-from vramphysics.config import LlamaCppConfig
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.demo_models import write_tiny_gguf
 from vramphysics.engines.llamacpp import LlamaCppEngine
 from vramphysics.probes import ProcessTreeProbe

@@ -30,7 +30,6 @@ import yaml
 from pydantic import ValidationError
 
 from vramphysics.bench import throughput
-from vramphysics.config import OllamaConfig
 from vramphysics.demo_models import TinyModelShape, write_tiny_gguf
 from vramphysics.engines.llamacpp.log import components_from_log
 from vramphysics.engines.ollama import (
@@ -38,6 +37,7 @@ from vramphysics.engines.ollama import (
     engine_timings,
     normalize_model_name,
 )
+from vramphysics.engines.ollama.config import OllamaConfig
 from vramphysics.errors import EngineError
 from vramphysics.probes import ProcessTreeProbe
 from vramphysics.setups import ModelSpec, parse_model_id

@@ -19,7 +19,6 @@ import psutil
 import pytest
 
 from vramphysics.calibrate import measure_point
-from vramphysics.config import VllmConfig
 from vramphysics.demo_models import HF_SHAPE
 from vramphysics.engines.gpus import gpu_env
 from vramphysics.engines.vllm import (
@@ -30,6 +29,7 @@ from vramphysics.engines.vllm import (
     sanitize_container_name,
     server_args,
 )
+from vramphysics.engines.vllm_config_tmp import VllmConfig
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.probes import MemoryTrace, NvmlStatus, ProcessTreeProbe
 from vramphysics.records import CalibrationPoint

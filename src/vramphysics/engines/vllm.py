@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from vramphysics import hf_cache
-from vramphysics.config import VllmConfig
 from vramphysics.engines.base import (
     Availability,
     Completion,
@@ -55,6 +54,7 @@ from vramphysics.engines.base import (
 from vramphysics.engines.gpus import gpu_env, pinned_indices
 from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail
+from vramphysics.engines.vllm_config_tmp import VllmConfig
 from vramphysics.engines.vllm_log import (
     VllmLogFacts,
     VllmMetricsFacts,

@@ -6,7 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from vramphysics.config import LlamaCppConfig
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.errors import SetupError
 
 # the variables that give the server an API key: llama-server (LLAMA_API_KEY),

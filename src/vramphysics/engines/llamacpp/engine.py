@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from vramphysics.config import LlamaCppConfig
 from vramphysics.engines.base import (
     Availability,
     Completion,
@@ -31,6 +30,7 @@ from vramphysics.engines.llamacpp.command import (
     server_command,
     uses_llama_server,
 )
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.engines.llamacpp.log import components_from_log
 from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail

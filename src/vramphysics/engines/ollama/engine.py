@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from vramphysics.config import OllamaConfig
 from vramphysics.engines.base import (
     Availability,
     Completion,
@@ -38,6 +37,7 @@ from vramphysics.engines.ollama.api import (
     normalize_model_name,
 )
 from vramphysics.engines.ollama.chat import chat
+from vramphysics.engines.ollama.config import OllamaConfig
 from vramphysics.engines.ollama.load import (
     LoadResult,
     check_context_length,

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import httpx
 import psutil
 
-from vramphysics.config import OllamaConfig
 from vramphysics.engines.base import MemoryComponents
 from vramphysics.engines.gpus import gpu_env, pinned_indices
 from vramphysics.engines.ollama import api
+from vramphysics.engines.ollama.config import OllamaConfig
 from vramphysics.engines.ollama.log import components_since, log_size
 from vramphysics.engines.process import ManagedProcess
 from vramphysics.errors import EngineError
