@@ -28,7 +28,7 @@ from vramphysics.engines.vllm import (
     managed_containers,
     remove_managed_containers,
 )
-from vramphysics.engines.vllm_config_tmp import VllmConfig
+from vramphysics.engines.vllm.config import VllmConfig
 from vramphysics.errors import EngineError
 from vramphysics.setups import parse_model_id
 
