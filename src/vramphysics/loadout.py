@@ -28,12 +28,13 @@ from typing import Any
 from vramphysics import physics_db
 from vramphysics.allocate import Physics, Plan, plan_preallocated, resolve_physics, select_physics
 from vramphysics.config import Config, load_config
-from vramphysics.engines import create_engine
+from vramphysics.config_base import PreallocatingEngineConfig
+from vramphysics.engines import create_engine, registry
 from vramphysics.engines.base import Engine, EngineStatus
 from vramphysics.errors import ConfigError, EngineError, SetupError
 from vramphysics.physics_db import PhysicsEntry
 from vramphysics.probes import GpuInfo, nvml_status
-from vramphysics.setups import ENGINES, ModelSpec, parse_model_id
+from vramphysics.setups import ModelSpec, parse_model_id
 from vramphysics.theory import Theory
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class LoadoutStatus:
 def _engines(cfg: Config) -> list[Engine]:
     state = cfg.paths.state_dir
     return [
-        create_engine(n, cfg, state_dir=state, log_dir=state / "logs" / "loadout") for n in ENGINES
+        create_engine(n, cfg, state_dir=state, log_dir=state / "logs" / "loadout")
+        for n in registry.names()
     ]
 
 
@@ -199,26 +201,44 @@ def _item(
     if physics is None:
         return LoadoutItem(spec, ctx, None, None, why)
     need = physics.base_bytes + ctx * physics.cost_per_token_bytes
-    if spec.engine != "vllm" or total is None:
+    section = cfg.engines.section(spec.engine)
+    if not isinstance(section, PreallocatingEngineConfig) or total is None:
         return LoadoutItem(spec, ctx, need, physics.source)
-    vcfg = cfg.engines.vllm
+    return _reserved(spec, ctx, physics, need, total, section, on_gpu=on_gpu)
+
+
+def _reserved(
+    spec: ModelSpec,
+    ctx: int,
+    physics: Physics,
+    need: float,
+    total: int,
+    section: PreallocatingEngineConfig,
+    *,
+    on_gpu: bool,
+) -> LoadoutItem:
+    """What an engine that reserves `utilization x total` holds (vLLM), margin included."""
+    label = registry.get(spec.engine).label
+    margin = section.utilization_margin
     try:
-        plan = _preallocated_plan(physics, total, ctx, vcfg.utilization_margin)
+        plan = _preallocated_plan(physics, total, ctx, margin)
     except ValueError as exc:  # e.g. an entry whose cost per token is not > 0
-        return LoadoutItem(spec, ctx, None, None, f"no vLLM plan from its {physics.source}: {exc}")
+        return LoadoutItem(
+            spec, ctx, None, None, f"no {label} plan from its {physics.source}: {exc}"
+        )
     util = plan.gpu_memory_utilization or 0.0
-    note = f"vLLM reserves {util:.3f} x {total / GIB:.2f} GiB, margin {vcfg.utilization_margin}"
-    if physics.source == "theory" and on_gpu and vcfg.default_gpu_memory_utilization > util:
-        # the vLLM engine sizes a start from the database only: uncalibrated, it takes the default
-        util = vcfg.default_gpu_memory_utilization
-        note = f"uncalibrated: vLLM starts it at default_gpu_memory_utilization {util}"
-    # a need above vLLM's cap is not clamped away: the sum must see it
-    reserved = max(util * total, need + vcfg.utilization_margin * total)
+    note = f"{label} reserves {util:.3f} x {total / GIB:.2f} GiB, margin {margin}"
+    if physics.source == "theory" and on_gpu and section.default_gpu_memory_utilization > util:
+        # the engine sizes a start from the database only: uncalibrated, it takes the default
+        util = section.default_gpu_memory_utilization
+        note = f"uncalibrated: {label} starts it at default_gpu_memory_utilization {util}"
+    # a need above the utilization cap is not clamped away: the sum must see it
+    reserved = max(util * total, need + margin * total)
     return LoadoutItem(spec, ctx, reserved, physics.source, note)
 
 
 def _preallocated_plan(physics: Physics, total: int, ctx: int, margin: float) -> Plan:
-    """vLLM's plan for one start: the one call of allocate's pre-allocating plan."""
+    """The pre-allocating plan of one start: the one call of allocate's plan for it."""
     return plan_preallocated(physics, total_bytes=total, ctx=ctx, margin=margin)
 
 
@@ -335,10 +355,11 @@ def apply(
     ports: dict[str, int] = {}
     for it in plan.items:
         name = it.spec.engine
-        engine_cfg = getattr(cfg.engines, name)
+        engine_cfg = cfg.engines.section(name)
         base_cfg = cfg
-        if not _serves_many(name) and engine_cfg.port != "auto":
-            port = ports.get(name, engine_cfg.port)
+        first = getattr(engine_cfg, "port", None)  # engines with a fixed TCP port of their own
+        if not _serves_many(name) and isinstance(first, int):
+            port = ports.get(name, first)
             ports[name] = port + 1
             base_cfg = cfg.model_copy(
                 update={
@@ -392,10 +413,10 @@ def _serves_many(engine: str) -> bool:
 
 def kill(cfg: Config, name: str) -> list[str]:
     """Stop what this tool started or manages for one engine, or for all."""
-    names = list(ENGINES) if name == "all" else [name]
-    unknown = [n for n in names if n not in ENGINES]
-    if unknown:
-        raise ConfigError(f"--kill takes one of {', '.join(ENGINES)} or all, not {name!r}")
+    known = registry.names()
+    names = list(known) if name == "all" else [name]
+    if any(n not in known for n in names):
+        raise ConfigError(f"--kill takes one of {', '.join(known)} or all, not {name!r}")
     stopped: list[str] = []
     for engine in _engines(cfg):
         if engine.name in names:

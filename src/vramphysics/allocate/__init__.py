@@ -21,10 +21,9 @@ hash); a model calibrated with several settings is never planned from one picked
 Modules: `records` (Physics, Plan, SheetRow, constants), `formula`, `device` (DeviceMemory,
 and the device a plan is made for), `render` (a plan in words), `physics` (calibrated or
 theory), `verdict` (what every plan shares), `preallocated`, `on_demand`, `plans` (by memory
-kind), `commands` (vllm/docker lines) and `sheet`.
+kind), and `sheet`.
 """
 
-from vramphysics.allocate.commands import docker_command, vllm_command
 from vramphysics.allocate.device import (
     DeviceMemory,
     PlanDevice,
@@ -48,7 +47,6 @@ from vramphysics.allocate.records import (
     GIB,
     MAX_UTIL,
     MIN_UTIL,
-    PROBE_PREFERENCE,
     SHEET_CONTEXTS,
     SHEET_UTILIZATION,
     VLLM_BLOCK_TOKENS,
@@ -66,7 +64,6 @@ __all__ = [
     "calibrated_devices",
     "device_memory",
     "DeviceMemory",
-    "docker_command",
     "format_bytes",
     "GIB",
     "longest_preallocated",
@@ -85,7 +82,6 @@ __all__ = [
     "plan_preallocated",
     "plan_sheet_rows",
     "PlanDevice",
-    "PROBE_PREFERENCE",
     "render_plan",
     "required_bytes",
     "resolve_device",
@@ -96,7 +92,6 @@ __all__ = [
     "SHEET_UTILIZATION",
     "SheetRow",
     "VLLM_BLOCK_TOKENS",
-    "vllm_command",
     "vllm_utilization",
     "with_messages",
 ]

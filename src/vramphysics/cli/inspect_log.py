@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from vramphysics.cli.options import add_common
+from vramphysics.engines import registry
 from vramphysics.errors import ConfigError
 
 
@@ -14,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_log = sub.add_parser(
         "inspect-log", help="an engine's own memory figures and failure kind, from its log"
     )
-    p_log.add_argument("--engine", required=True, choices=["vllm"], help="engine that wrote it")
+    readers = [i.name for i in registry.engines() if i.inspect_log is not None]
+    p_log.add_argument("--engine", required=True, choices=readers, help="engine that wrote it")
     p_log.add_argument("file", type=Path, metavar="FILE", help="the server log")
     p_log.add_argument(
         "--metrics", type=Path, metavar="FILE", help="a saved /metrics page of the same server"
@@ -25,18 +27,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect_log(args: argparse.Namespace) -> int:
-    from vramphysics.engines.vllm.log import parse_log, parse_metrics, to_json_dict
-
+    read = registry.get(args.engine).inspect_log
+    assert read is not None  # argparse offers only engines that have a log reader
     try:
         text = args.file.read_text(encoding="utf-8", errors="replace")
         metrics = (
-            parse_metrics(args.metrics.read_text(encoding="utf-8", errors="replace"))
-            if args.metrics
-            else None
+            args.metrics.read_text(encoding="utf-8", errors="replace") if args.metrics else None
         )
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=exc.filename) from exc
-    facts = to_json_dict(parse_log(text, metrics=metrics))
+    facts = read(text, metrics)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0

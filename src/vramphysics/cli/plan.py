@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 from pathlib import Path
 
 from vramphysics import allocate, physics_db
 from vramphysics.allocate import Physics, Plan, PlanDevice
 from vramphysics.cli.options import add_common, add_model_metadata
+from vramphysics.engines import registry
+from vramphysics.engines.registry import Advice, AdviceRequest
 from vramphysics.errors import ConfigError
 from vramphysics.physics_db import DB_FILENAME
-from vramphysics.setups import ENGINES
 from vramphysics.theory import Theory, load_theory
 
 GIB = allocate.GIB
@@ -39,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_plan.add_argument(
         "--engine",
         required=True,
-        choices=ENGINES,
-        help="the engine: vllm reserves memory up front, ollama and llamacpp on demand",
+        choices=registry.names(),
+        help="the engine (its memory rule: reserved up front, or taken on demand)",
     )
     p_plan.add_argument("--model", required=True, metavar="ID", help="model ID as calibrated")
     p_plan.add_argument("--device", required=True, metavar="NAME", help="GPU name as calibrated")
@@ -149,68 +148,29 @@ def _device(args: argparse.Namespace, entry: physics_db.PhysicsEntry | None) -> 
     )
 
 
-def _vllm_commands(plan: Plan, args: argparse.Namespace) -> tuple[list[str], list[str]] | None:
-    """`vllm serve ...` and `docker run ...` for a plan that fits; None otherwise."""
-    if not plan.fits or plan.ctx is None or allocate.memory_kind(args.engine) != "preallocated":
-        return None
-    hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
-    command = allocate.vllm_command(
-        plan, args.model, port=args.port, kv_cache_bytes=args.kv_cache_bytes
-    )
-    docker = allocate.docker_command(
-        plan, args.model, hf_cache=hf_home, kv_cache_bytes=args.kv_cache_bytes
-    )
-    return command, docker
-
-
-def _advice(plan: Plan, args: argparse.Namespace) -> list[tuple[str, str]]:
-    """What to type to serve the plan, worded for the engine."""
-    if not plan.fits or plan.ctx is None:
-        return []
-    commands = _vllm_commands(plan, args)
-    if commands is not None:
-        return [("command", shlex.join(commands[0])), ("docker", shlex.join(commands[1]))]
-    if args.engine == "llamacpp":
-        return [("llama-server", f"-c {plan.ctx} (llama-cpp-python's server: --n_ctx {plan.ctx})")]
-    return [
-        (
-            "ollama",
-            f"request option num_ctx={plan.ctx} (server default: OLLAMA_CONTEXT_LENGTH={plan.ctx})",
-        )
-    ]
-
-
-def _vllm_flag_message() -> tuple[str, bool | None]:
-    from vramphysics.engines.vllm import installed_flag_support
-
-    version, supports = installed_flag_support()
-    if version is None:
-        return "no vLLM installed here: check `vllm serve --help` for --kv-cache-memory-bytes", None
-    verb = "accepts" if supports else "does not accept"
-    return f"the installed vLLM {version} {verb} --kv-cache-memory-bytes", supports
+def _advice(plan: Plan, args: argparse.Namespace) -> Advice:
+    """What to type to serve the plan, worded by the engine."""
+    request = AdviceRequest(model=args.model, port=args.port, kv_cache_bytes=args.kv_cache_bytes)
+    return registry.get(args.engine).advice(plan, request)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """A plan for one engine, model and device; exits 0 even when the plan is refused."""
-    plan, supports = _make_plan(args)
+    plan = _make_plan(args)
+    advice = _advice(plan, args)
+    plan = allocate.with_messages(plan, advice.notes)
     if args.json:
-        commands = _vllm_commands(plan, args)
         doc = plan.to_dict()
-        doc.update(
-            command=commands[0] if commands else None,
-            docker_command=commands[1] if commands else None,
-            advice=dict(_advice(plan, args)),
-            kv_cache_memory_bytes_supported=supports,
-        )
+        doc.update({"command": None, **advice.commands, "advice": dict(advice.lines)})
+        doc.update(advice.facts)
         print(json.dumps(doc, indent=2))
         return 0
-    print(allocate.render_plan(plan, _advice(plan, args)))
+    print(allocate.render_plan(plan, list(advice.lines)))
     return 0
 
 
-def _make_plan(args: argparse.Namespace) -> tuple[Plan, bool | None]:
-    """The plan, with where its figures came from; and whether the installed vLLM takes
-    --kv-cache-memory-bytes (None: not asked, or no vLLM here)."""
+def _make_plan(args: argparse.Namespace) -> Plan:
+    """The plan, with where its figures came from."""
     _check_args(args)
     entries = physics_db.load(args.physics)
     physics, entry = _physics(args, entries, _theory(args))
@@ -229,9 +189,4 @@ def _make_plan(args: argparse.Namespace) -> tuple[Plan, bool | None]:
         )
     except ConfigError as exc:  # figures no plan can be made from: name the file they are in
         raise ConfigError(exc.message, path=args.physics if entry else None) from exc
-    plan = allocate.with_messages(plan, device.messages)
-    supports: bool | None = None
-    if allocate.memory_kind(args.engine) == "preallocated":
-        said, supports = _vllm_flag_message()
-        plan = allocate.with_messages(plan, [said])
-    return plan, supports
+    return allocate.with_messages(plan, device.messages)

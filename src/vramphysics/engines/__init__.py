@@ -8,6 +8,7 @@ without importing any engine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,5 +32,5 @@ def create_engine(name: str, config: Config, *, state_dir: Path, log_dir: Path) 
         from vramphysics import physics_db
 
         extra["physics_path"] = physics_db.db_path(config.paths.calibration_dir)
-    section = config.engines.section(name)
-    return info.engine_class()(section, state_dir=state_dir, log_dir=log_dir, **extra)
+    factory: Callable[..., Engine] = info.engine_class()  # (its config section, *, state_dir, ...)
+    return factory(config.engines.section(name), state_dir=state_dir, log_dir=log_dir, **extra)

@@ -7,10 +7,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from vramphysics.config_base import GPUS_HELP, EngineConfig, GpuSelection, Port, resolve_path
+from vramphysics.config_base import (
+    GPUS_HELP,
+    GpuSelection,
+    Port,
+    PreallocatingEngineConfig,
+    resolve_path,
+)
 
 
-class VllmConfig(EngineConfig):
+class VllmConfig(PreallocatingEngineConfig):
     mode: Literal["native", "docker"] = "native"
     host: str = "127.0.0.1"
     port: Port = Field(8300, description="host port (Docker: published); `auto`: a free one")
@@ -37,8 +43,6 @@ class VllmConfig(EngineConfig):
         description="Hugging Face home (holds hub/); HF_HUB_CACHE and HF_HOME take precedence",
     )
     model_dir: Path | None = None
-    default_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    utilization_margin: float = Field(0.05, ge=0, lt=1)
     cpu_kvcache_space_gib: list[int] = Field(
         [1, 2],
         min_length=1,

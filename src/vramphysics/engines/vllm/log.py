@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from vramphysics.engines.vllm.failure import (
     FailureKind,
@@ -329,3 +329,9 @@ def _bytes(m: re.Match[str]) -> int:
 
 def _int(digits: str) -> int:
     return int(digits.replace(",", ""))
+
+
+def inspect_log(text: str, metrics_text: str | None) -> dict[str, Any]:
+    """What `inspect-log` shows: the figures and failure read from a log (and /metrics)."""
+    metrics = parse_metrics(metrics_text) if metrics_text is not None else None
+    return to_json_dict(parse_log(text, metrics=metrics))
