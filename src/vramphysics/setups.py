@@ -69,17 +69,8 @@ class ModelSpec:
 
 def parse_model_id(text: str) -> ModelSpec:
     """Parse one model ID; a bad one raises SetupError naming it."""
-    if not isinstance(text, str):
-        raise SetupError(
-            f"a model ID must be a string, not {type(text).__name__}", model_id=str(text)
-        )
-    raw = text
-    stripped = text.strip()
-    if not stripped:
-        raise SetupError("empty model ID", model_id=raw)
-    if stripped != text:
-        raise SetupError("leading or trailing spaces", model_id=raw)
-    base, *flag_parts = stripped.split("#")
+    raw = _checked_text(text)
+    base, *flag_parts = raw.split("#")
     engine, prefix, name = _split_prefix(base, raw)
     if not name:
         raise SetupError("no model name after the prefix", model_id=raw)
@@ -88,31 +79,13 @@ def parse_model_id(text: str) -> ModelSpec:
     values: dict[str, int | bool] = {}
     order: list[str] = []
     for part in flag_parts:
-        key, eq, value = part.partition("=")
-        key_l = key.lower()
-        if key_l in _BOOL_FLAGS:
-            if eq:
-                raise SetupError(f"flag #{key} takes no value", model_id=raw)
-            values[key_l] = True
-        elif key_l in _INT_FLAGS:
-            if not eq or not re.fullmatch(r"[0-9]+", value):
-                raise SetupError(f"flag #{key} needs a whole number, got {value!r}", model_id=raw)
-            number = int(value)
-            if number < _INT_FLAGS[key_l]:
-                raise SetupError(
-                    f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw
-                )
-            if str(number) != value:
-                raise SetupError(f"flag #{key}={value} has leading zeros", model_id=raw)
-            values[key_l] = number
-        else:
-            valid = ", ".join(f"#{f}" for f in (*_BOOL_FLAGS, *(f"{k}=N" for k in _INT_FLAGS)))
-            raise SetupError(f"unknown flag #{part} (valid: {valid})", model_id=raw)
-        if key_l in order:
-            raise SetupError(f"flag #{key} given twice", model_id=raw)
-        if key != key_l:
-            raise SetupError(f"flag #{key} must be lower case", model_id=raw)
-        order.append(key_l)
+        key, value = _flag(part, raw)
+        if key in order:
+            raise SetupError(f"flag #{part.partition('=')[0]} given twice", model_id=raw)
+        if part.partition("=")[0] != key:
+            raise SetupError(f"flag #{part.partition('=')[0]} must be lower case", model_id=raw)
+        values[key] = value
+        order.append(key)
     return ModelSpec(
         raw=raw,
         engine=engine,
@@ -124,6 +97,41 @@ def parse_model_id(text: str) -> ModelSpec:
         vid_lim=_int_or_none(values.get("vid_lim")),
         flag_order=tuple(order),
     )
+
+
+def _checked_text(text: object) -> str:
+    """The ID as written, refused when it is not a non-empty string without outer spaces."""
+    if not isinstance(text, str):
+        raise SetupError(
+            f"a model ID must be a string, not {type(text).__name__}", model_id=str(text)
+        )
+    stripped = text.strip()
+    if not stripped:
+        raise SetupError("empty model ID", model_id=text)
+    if stripped != text:
+        raise SetupError("leading or trailing spaces", model_id=text)
+    return text
+
+
+def _flag(part: str, raw: str) -> tuple[str, int | bool]:
+    """One `#flag` or `#flag=N`: its lower-case name and value."""
+    key, eq, value = part.partition("=")
+    key_l = key.lower()
+    if key_l in _BOOL_FLAGS:
+        if eq:
+            raise SetupError(f"flag #{key} takes no value", model_id=raw)
+        return key_l, True
+    if key_l not in _INT_FLAGS:
+        valid = ", ".join(f"#{f}" for f in (*_BOOL_FLAGS, *(f"{k}=N" for k in _INT_FLAGS)))
+        raise SetupError(f"unknown flag #{part} (valid: {valid})", model_id=raw)
+    if not eq or not re.fullmatch(r"[0-9]+", value):
+        raise SetupError(f"flag #{key} needs a whole number, got {value!r}", model_id=raw)
+    number = int(value)
+    if number < _INT_FLAGS[key_l]:
+        raise SetupError(f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw)
+    if str(number) != value:
+        raise SetupError(f"flag #{key}={value} has leading zeros", model_id=raw)
+    return key_l, number
 
 
 def _int_or_none(v: int | bool | None) -> int | None:
