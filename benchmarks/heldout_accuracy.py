@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from vramphysics.calibrate import context_part_error, fit_linear, measure_point
-from vramphysics.config import LlamaCppConfig
 from vramphysics.demo_models import write_tiny_gguf
 from vramphysics.engines.llamacpp import LlamaCppEngine
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.probes import ProcessTreeProbe
 from vramphysics.setups import parse_model_id
 from vramphysics.theory import theory_from_gguf

@@ -10,7 +10,7 @@ from vramphysics.records import (
     Record,
     RunHeader,
     StatusRow,
-    Warning_,
+    WarningRow,
 )
 
 GIB = 2**30
@@ -109,7 +109,7 @@ def records() -> list[Record]:
         StatusRow(
             model=MISSING_ID, engine="ollama", status="MISSING", reason="not in `ollama list`"
         ),
-        Warning_(model=MISSING_ID, engine="ollama", ctx=8192, message="predicted 9 GiB > 8 GiB"),
+        WarningRow(model=MISSING_ID, engine="ollama", ctx=8192, message="predicted 9 GiB > 8 GiB"),
         StatusRow(
             model=FAILED_ID,
             engine="llamacpp",

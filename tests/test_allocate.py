@@ -13,7 +13,6 @@ from vramphysics.allocate import (
     Physics,
     SheetRow,
     device_memory,
-    docker_command,
     max_context,
     memory_kind,
     plan_for,
@@ -23,9 +22,9 @@ from vramphysics.allocate import (
     required_bytes,
     resolve_physics,
     select_physics,
-    vllm_command,
     vllm_utilization,
 )
+from vramphysics.engines.vllm.advice import docker_command, vllm_command
 from vramphysics.errors import ConfigError
 from vramphysics.physics_db import PhysicsEntry
 from vramphysics.probes import GpuInfo

@@ -35,7 +35,7 @@ entries:
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A tmp folder with its own config.yaml (every path inside it) and an existing database."""
     # Engines may be created (to validate IDs) but never started.
-    import vramphysics.runner as runner
+    import vramphysics.runner.state as runner
 
     real_create = runner.create_engine
 

@@ -22,7 +22,7 @@ from vramphysics.records import (
     Record,
     RunHeader,
     StatusRow,
-    Warning_,
+    WarningRow,
     record_from_json,
 )
 
@@ -101,7 +101,7 @@ def one_of_each() -> list[Record]:
             log_tail="CUDA out of memory",
             max_context=4096,
         ),
-        Warning_(
+        WarningRow(
             model="ol_x:1",
             engine="ollama",
             ctx=8192,

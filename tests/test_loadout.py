@@ -18,6 +18,7 @@ from vramphysics.config import load_config
 from vramphysics.demo_models import write_tiny_gguf
 from vramphysics.errors import ConfigError
 from vramphysics.loadout import LoadoutItem, apply, check_fits, plan_loadout
+from vramphysics.loadout import plan as loadout_plan
 from vramphysics.physics_db import PhysicsEntry, write_entries
 from vramphysics.probes import GpuInfo, NvmlStatus
 from vramphysics.setups import parse_model_id
@@ -143,7 +144,7 @@ NO_NVML = NvmlStatus(False, "no NVIDIA driver")
 
 @pytest.fixture
 def no_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loadout, "nvml_status", lambda: NO_NVML)
+    monkeypatch.setattr(loadout_plan, "nvml_status", lambda: NO_NVML)
 
 
 def test_a_model_without_physics_is_counted_by_its_theory_and_labelled(
@@ -221,7 +222,7 @@ def test_vllm_is_counted_at_what_it_reserves_with_the_margin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gpu = GpuInfo(0, "Fake GPU", 24 * GIB, 4 * GIB, 20 * GIB, "550")
-    monkeypatch.setattr(loadout, "nvml_status", lambda: NvmlStatus(True, "ok", (gpu,)))
+    monkeypatch.setattr(loadout_plan, "nvml_status", lambda: NvmlStatus(True, "ok", (gpu,)))
     cfg = load_config(
         _config(
             tmp_path,

@@ -14,7 +14,7 @@ from vramphysics.records import (
     Record,
     RunHeader,
     StatusRow,
-    Warning_,
+    WarningRow,
 )
 
 GIB = 2**30
@@ -392,7 +392,7 @@ def test_engine_totals_give_an_extra_entry() -> None:
 
 def test_warnings_and_order() -> None:
     a, b = "ol_b:1", "ol_a:1"
-    w = Warning_(model=a, engine="ollama", ctx=8192, message="may not fit")
+    w = WarningRow(model=a, engine="ollama", ctx=8192, message="may not fit")
     records: list[Record] = [
         status(a, "MISSING", engine="ollama"),
         w,

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from vramphysics import runner
 from vramphysics.config import Config, PathsConfig
 from vramphysics.physics_db import PhysicsEntry, db_path, write_entries
 from vramphysics.probes import GpuInfo, NvmlStatus
-from vramphysics.records import Record, Warning_
+from vramphysics.records import Record, WarningRow
+from vramphysics.runner import guardrail as runner
 from vramphysics.setups import parse_model_id
 
 GIB = 2**30
@@ -70,7 +70,7 @@ def test_vllm_is_checked_by_the_reserving_rule_on_its_pinned_gpu(
     run = _run(tmp_path, monkeypatch)
     ok = runner._guardrail(run, _engine("vllm", VLLM_SETTINGS, (1,)), SPEC, CTX, None)
     assert ok is True  # warns; skips only when configured to
-    (warning,) = [r for r in run.records if isinstance(r, Warning_)]
+    (warning,) = [r for r in run.records if isinstance(r, WarningRow)]
     assert H100 in warning.message and "vLLM would reserve" in warning.message
     assert warning.free_bytes == 70 * GIB
 
@@ -96,4 +96,4 @@ def test_the_calibration_with_the_engines_settings_is_used(
     assert runner._guardrail(run, _engine("vllm", q8, (1,)), SPEC, CTX, None) is True
     assert run.records == []
     runner._guardrail(run, _engine("vllm", VLLM_SETTINGS, (1,)), SPEC, CTX, None)
-    assert len([r for r in run.records if isinstance(r, Warning_)]) == 1
+    assert len([r for r in run.records if isinstance(r, WarningRow)]) == 1

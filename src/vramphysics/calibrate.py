@@ -117,20 +117,7 @@ def measure_point(
     choice = made if isinstance(made, ProbeChoice) else ProbeChoice((made,), made.name)
     recorders = [Recorder(p, interval_s) for p in choice.probes]
     try:
-        for r in recorders:
-            r.baseline()
-        t0 = time.monotonic()
-        engine.start(spec, ctx)
-        for r in recorders:
-            r.start()
-        engine.wait_ready()
-        t_ready = time.monotonic()
-        engine.warm_up(warmup_tokens)
-        t_warm = time.monotonic()
-        for r in recorders:
-            r.mark()
-        time.sleep(settle_s)
-        engine.check_alive()
+        times = _start_and_settle(engine, spec, ctx, recorders, settle_s, warmup_tokens)
     finally:
         traces = [r.stop() for r in recorders]
         for r in recorders:
@@ -154,14 +141,41 @@ def measure_point(
         peak_bytes=trace.attributed_peak_bytes,
         baseline_bytes=trace.baseline_bytes,
         n_samples=len(trace.samples),
-        ready_s=round(t_ready - t0, 3),
+        ready_s=round(times.ready_s, 3),
         engine_version=engine.version(),
         engine_components=components_dict(mem),
         metric=trace.steady_metric,
         peak_metric=trace.series_metric,
         probe_reason=reason + (f"; {trace.note}" if trace.note else ""),
     )
-    return point, trace, StartTimes(launch_s=t0, ready_s=t_ready - t0, warmup_s=t_warm - t_ready)
+    return point, trace, times
+
+
+def _start_and_settle(
+    engine: Engine,
+    spec: ModelSpec,
+    ctx: int,
+    recorders: list[Recorder],
+    settle_s: float,
+    warmup_tokens: int,
+) -> StartTimes:
+    """Baseline, start, ready, warm-up, mark and settle, with every recorder running; the
+    caller stops the recorders whatever happens."""
+    for r in recorders:
+        r.baseline()
+    t0 = time.monotonic()
+    engine.start(spec, ctx)
+    for r in recorders:
+        r.start()
+    engine.wait_ready()
+    t_ready = time.monotonic()
+    engine.warm_up(warmup_tokens)
+    t_warm = time.monotonic()
+    for r in recorders:
+        r.mark()
+    time.sleep(settle_s)
+    engine.check_alive()
+    return StartTimes(launch_s=t0, ready_s=t_ready - t0, warmup_s=t_warm - t_ready)
 
 
 def context_part_error(fit: Fit, ctx: int, measured_bytes: float) -> float:

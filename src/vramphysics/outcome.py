@@ -20,7 +20,7 @@ from vramphysics.records import (
     Record,
     RunHeader,
     StatusRow,
-    Warning_,
+    WarningRow,
 )
 from vramphysics.setups import parse_model_id
 
@@ -44,7 +44,7 @@ class ModelRow:
     engine_version: str | None
     engine_kv_bytes_per_token: float | None
     failures: tuple[StatusRow, ...] = ()
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[WarningRow, ...] = ()
     other_fits: tuple[tuple[str, Fit], ...] = ()  # (probe, fit) beyond the primary one
 
     @property
@@ -66,7 +66,7 @@ class Outcome:
     points: tuple[CalibrationPoint, ...]
     benches: tuple[BenchResult, ...]
     failures: tuple[StatusRow, ...]
-    warnings: tuple[Warning_, ...]
+    warnings: tuple[WarningRow, ...]
     entries: tuple[PhysicsEntry, ...]
     engine_versions: dict[str, str] = field(default_factory=dict)
 
@@ -83,116 +83,154 @@ def _engine_kv_per_token(points: list[CalibrationPoint]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
-    header = next((r for r in records if isinstance(r, RunHeader)), None)
-    infos: dict[str, ModelInfo] = {}
-    points: dict[tuple[str, int], CalibrationPoint] = {}
-    benches: dict[str, BenchResult] = {}
-    finals: dict[str, StatusRow] = {}
-    failures: list[StatusRow] = []
-    warnings: list[Warning_] = []
-    order: list[str] = []
+@dataclass
+class _Collected:
+    """The journal's records sorted by kind, in the order the models first appear."""
+
+    header: RunHeader | None
+    infos: dict[str, ModelInfo] = field(default_factory=dict)
+    points: dict[tuple[str, int], CalibrationPoint] = field(default_factory=dict)
+    benches: dict[str, BenchResult] = field(default_factory=dict)
+    finals: dict[str, StatusRow] = field(default_factory=dict)
+    failures: list[StatusRow] = field(default_factory=list)
+    warnings: list[WarningRow] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+
+
+def _collect(records: list[Record]) -> _Collected:
+    c = _Collected(header=next((r for r in records if isinstance(r, RunHeader)), None))
     for r in records:
         model = getattr(r, "model", None)
-        if model is not None and model not in order:
-            order.append(model)
+        if model is not None and model not in c.order:
+            c.order.append(model)
         if isinstance(r, ModelInfo):
-            infos[r.model] = r
+            c.infos[r.model] = r
         elif isinstance(r, CalibrationPoint):
-            points.setdefault((r.model, r.ctx), r)  # the first wins: a point is never duplicated
+            c.points.setdefault((r.model, r.ctx), r)  # the first wins: a point is never duplicated
         elif isinstance(r, BenchResult):
-            benches.setdefault(r.model, r)
+            c.benches.setdefault(r.model, r)
         elif isinstance(r, StatusRow):
             if r.ctx is None:
-                finals[r.model] = r
+                c.finals[r.model] = r
             if r.status == "FAILED":
-                failures.append(r)
-        elif isinstance(r, Warning_):
-            warnings.append(r)
+                c.failures.append(r)
+        elif isinstance(r, WarningRow):
+            c.warnings.append(r)
+    return c
 
+
+def _status(
+    final: StatusRow | None,
+    mpoints: list[CalibrationPoint],
+    fits: list[tuple[str, Fit]],
+    why_not: str,
+) -> tuple[str, str]:
+    """A model's status and reason: its final row's, corrected by the fit of its points."""
+    reason = final.reason if final else "not finished (interrupted)"
+    status = final.status if final else ("INCOMPLETE" if mpoints else "FAILED")
+    if mpoints and not fits:
+        if status == "OK":
+            status = "NO_FIT"
+        reason = f"no fit: {why_not}"
+    elif fits and status == "NO_FIT":  # the fit is decided here, from the points themselves
+        status, reason = "OK", f"{len(mpoints)} points"
+    return status, reason
+
+
+def _entry(
+    c: _Collected,
+    model: str,
+    engine: str,
+    mpoints: list[CalibrationPoint],
+    fit_probe: str,
+    f: Fit,
+) -> PhysicsEntry:
+    """The database entry of one fit of one model's points."""
+    info = c.infos.get(model)
+    theory = info.theory if info else None
+    bench = c.benches.get(model)
+    device = mpoints[0].device
+    assert device is not None
+    starts = len(mpoints) + (
+        1 if bench is not None and bench.ctx not in {p.ctx for p in mpoints} else 0
+    )
+    return PhysicsEntry(
+        engine=engine,
+        model=model_key(model),
+        device=device,
+        probe=fit_probe,
+        base_bytes=round(f.base_bytes, 1),
+        cost_per_token_bytes=round(f.cost_per_token_bytes, 3),
+        r2=None if f.r2 is None else round(f.r2, 6),
+        n_points=f.n_points,
+        points=tuple((c_, float(b)) for c_, b in f.points),
+        engine_starts=starts,
+        theory={
+            "kv_bytes_per_token": theory.get("kv_bytes_per_token") if theory else None,
+            "weights_bytes": theory.get("weights_bytes") if theory else None,
+            "max_context_tokens": theory.get("max_context_tokens") if theory else None,
+        },
+        engine_version=mpoints[-1].engine_version,
+        calibrated_at=mpoints[-1].at,
+        base_stderr_bytes=round(f.base_stderr_bytes, 1),
+        cost_stderr_bytes=round(f.cost_stderr_bytes, 3),
+        device_total_bytes=_device_total(c.header, device),
+        driver=c.header.driver if c.header else None,
+        settings=dict(info.settings) if info else {},
+    )
+
+
+def _model(
+    c: _Collected, model: str, min_points: int
+) -> tuple[ModelRow, list[PhysicsEntry], str, ModelInfo | None]:
+    """One model's Calibration row, its database entries, its engine and its info record."""
+    info = c.infos.get(model)
+    final = c.finals.get(model)
+    mpoints = sorted((p for (m, _c), p in c.points.items() if m == model), key=lambda p: p.ctx)
+    engine = (
+        info.engine
+        if info
+        else (mpoints[0].engine if mpoints else (final.engine if final else "?"))
+    )
+    fits, why_not = fits_for(mpoints, min_points)
+    status, reason = _status(final, mpoints, fits, why_not)
+    entries = [_entry(c, model, engine, mpoints, fit_probe, f) for fit_probe, f in fits]
+    row = ModelRow(
+        model=model,
+        engine=engine,
+        status=status,
+        reason=reason,
+        device=mpoints[0].device if mpoints else None,
+        probe=fits[0][0] if fits else (mpoints[0].probe if mpoints else None),
+        fit=fits[0][1] if fits else None,
+        theory=info.theory if info else None,
+        engine_version=info.engine_version if info else None,
+        engine_kv_bytes_per_token=_engine_kv_per_token(mpoints),
+        failures=tuple(f for f in c.failures if f.model == model),
+        warnings=tuple(w for w in c.warnings if w.model == model) + _spill_warnings(mpoints),
+        other_fits=tuple(fits[1:]),
+    )
+    return row, entries, engine, info
+
+
+def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
+    c = _collect(records)
     rows: list[ModelRow] = []
     entries: list[PhysicsEntry] = []
     versions: dict[str, str] = {}
-    for model in order:
-        info = infos.get(model)
-        final = finals.get(model)
-        mpoints = sorted((p for (m, _c), p in points.items() if m == model), key=lambda p: p.ctx)
-        engine = (
-            info.engine
-            if info
-            else (mpoints[0].engine if mpoints else (final.engine if final else "?"))
-        )
+    for model in c.order:
+        row, model_entries, engine, info = _model(c, model, min_points)
         if info:
             versions[engine] = info.engine_version
-        reason = final.reason if final else "not finished (interrupted)"
-        status = final.status if final else ("INCOMPLETE" if mpoints else "FAILED")
-        device = mpoints[0].device if mpoints else None
-        theory = info.theory if info else None
-        bench = benches.get(model)
-        fits, why_not = fits_for(mpoints, min_points)
-        fit = fits[0][1] if fits else None
-        probe = fits[0][0] if fits else (mpoints[0].probe if mpoints else None)
-        if mpoints and not fits:
-            if status == "OK":
-                status = "NO_FIT"
-            reason = f"no fit: {why_not}"
-        elif fits and status == "NO_FIT":  # the fit is decided here, from the points themselves
-            status, reason = "OK", f"{len(mpoints)} points"
-        for fit_probe, f in fits:
-            assert device is not None
-            starts = len(mpoints) + (
-                1 if bench is not None and bench.ctx not in {p.ctx for p in mpoints} else 0
-            )
-            entries.append(
-                PhysicsEntry(
-                    engine=engine,
-                    model=model_key(model),
-                    device=device,
-                    probe=fit_probe,
-                    base_bytes=round(f.base_bytes, 1),
-                    cost_per_token_bytes=round(f.cost_per_token_bytes, 3),
-                    r2=None if f.r2 is None else round(f.r2, 6),
-                    n_points=f.n_points,
-                    points=tuple((c, float(b)) for c, b in f.points),
-                    engine_starts=starts,
-                    theory={
-                        "kv_bytes_per_token": theory.get("kv_bytes_per_token") if theory else None,
-                        "weights_bytes": theory.get("weights_bytes") if theory else None,
-                        "max_context_tokens": theory.get("max_context_tokens") if theory else None,
-                    },
-                    engine_version=mpoints[-1].engine_version,
-                    calibrated_at=mpoints[-1].at,
-                    base_stderr_bytes=round(f.base_stderr_bytes, 1),
-                    cost_stderr_bytes=round(f.cost_stderr_bytes, 3),
-                    device_total_bytes=_device_total(header, device),
-                    driver=header.driver if header else None,
-                    settings=dict(info.settings) if info else {},
-                )
-            )
-        rows.append(
-            ModelRow(
-                model=model,
-                engine=engine,
-                status=status,
-                reason=reason,
-                device=device,
-                probe=probe,
-                fit=fit,
-                theory=theory,
-                engine_version=info.engine_version if info else None,
-                engine_kv_bytes_per_token=_engine_kv_per_token(mpoints),
-                failures=tuple(f for f in failures if f.model == model),
-                warnings=tuple(w for w in warnings if w.model == model) + _spill_warnings(mpoints),
-                other_fits=tuple(fits[1:]),
-            )
-        )
+        entries.extend(model_entries)
+        rows.append(row)
     return Outcome(
-        header=header,
+        header=c.header,
         models=tuple(rows),
-        points=tuple(sorted(points.values(), key=lambda p: (order.index(p.model), p.ctx))),
-        benches=tuple(benches.values()),
-        failures=tuple(failures),
-        warnings=tuple(warnings),
+        points=tuple(sorted(c.points.values(), key=lambda p: (c.order.index(p.model), p.ctx))),
+        benches=tuple(c.benches.values()),
+        failures=tuple(c.failures),
+        warnings=tuple(c.warnings),
         entries=tuple(entries),
         engine_versions=versions,
     )
@@ -280,7 +318,7 @@ def _flat(fit: Fit) -> str:
     )
 
 
-def _spill_warnings(points: list[CalibrationPoint]) -> tuple[Warning_, ...]:
+def _spill_warnings(points: list[CalibrationPoint]) -> tuple[WarningRow, ...]:
     """A model whose engine reports less memory on the GPU than in all (Ollama's size_vram <
     size) has spilled layers to the CPU: the report must say so beside its figures."""
     out = []
@@ -294,7 +332,7 @@ def _spill_warnings(points: list[CalibrationPoint]) -> tuple[Warning_, ...]:
                 else ""
             )
             out.append(
-                Warning_(
+                WarningRow(
                     model=p.model,
                     engine=p.engine,
                     ctx=p.ctx,

@@ -131,7 +131,7 @@ class StatusRow(Record):
 
 
 @dataclass(frozen=True)
-class Warning_(Record):
+class WarningRow(Record):
     """A guardrail or other warning the report must show beside a model."""
 
     kind: ClassVar[str] = "warning"
@@ -147,7 +147,7 @@ class Warning_(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.kind: cls
-    for cls in (RunHeader, ModelInfo, CalibrationPoint, BenchResult, StatusRow, Warning_)
+    for cls in (RunHeader, ModelInfo, CalibrationPoint, BenchResult, StatusRow, WarningRow)
 }
 
 

@@ -15,18 +15,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from vramphysics.engines import registry
 from vramphysics.errors import SetupError
 from vramphysics.yamlio import load_yaml
 
-ENGINES = ("llamacpp", "ollama", "vllm")
-
-# (prefix as matched case-insensitively, engine)
-_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("llamacpp:", "llamacpp"),
-    ("vllm:", "vllm"),
-    ("vl_", "vllm"),
-    ("ol_", "ollama"),
-)
 _INT_FLAGS = {"ctx": 1, "img_lim": 0, "vid_lim": 0}  # flag -> smallest valid value
 _BOOL_FLAGS = ("stream",)
 _SETUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,17 +69,8 @@ class ModelSpec:
 
 def parse_model_id(text: str) -> ModelSpec:
     """Parse one model ID; a bad one raises SetupError naming it."""
-    if not isinstance(text, str):
-        raise SetupError(
-            f"a model ID must be a string, not {type(text).__name__}", model_id=str(text)
-        )
-    raw = text
-    stripped = text.strip()
-    if not stripped:
-        raise SetupError("empty model ID", model_id=raw)
-    if stripped != text:
-        raise SetupError("leading or trailing spaces", model_id=raw)
-    base, *flag_parts = stripped.split("#")
+    raw = _checked_text(text)
+    base, *flag_parts = raw.split("#")
     engine, prefix, name = _split_prefix(base, raw)
     if not name:
         raise SetupError("no model name after the prefix", model_id=raw)
@@ -96,31 +79,13 @@ def parse_model_id(text: str) -> ModelSpec:
     values: dict[str, int | bool] = {}
     order: list[str] = []
     for part in flag_parts:
-        key, eq, value = part.partition("=")
-        key_l = key.lower()
-        if key_l in _BOOL_FLAGS:
-            if eq:
-                raise SetupError(f"flag #{key} takes no value", model_id=raw)
-            values[key_l] = True
-        elif key_l in _INT_FLAGS:
-            if not eq or not re.fullmatch(r"[0-9]+", value):
-                raise SetupError(f"flag #{key} needs a whole number, got {value!r}", model_id=raw)
-            number = int(value)
-            if number < _INT_FLAGS[key_l]:
-                raise SetupError(
-                    f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw
-                )
-            if str(number) != value:
-                raise SetupError(f"flag #{key}={value} has leading zeros", model_id=raw)
-            values[key_l] = number
-        else:
-            valid = ", ".join(f"#{f}" for f in (*_BOOL_FLAGS, *(f"{k}=N" for k in _INT_FLAGS)))
-            raise SetupError(f"unknown flag #{part} (valid: {valid})", model_id=raw)
-        if key_l in order:
-            raise SetupError(f"flag #{key} given twice", model_id=raw)
-        if key != key_l:
-            raise SetupError(f"flag #{key} must be lower case", model_id=raw)
-        order.append(key_l)
+        key, value = _flag(part, raw)
+        if key in order:
+            raise SetupError(f"flag #{part.partition('=')[0]} given twice", model_id=raw)
+        if part.partition("=")[0] != key:
+            raise SetupError(f"flag #{part.partition('=')[0]} must be lower case", model_id=raw)
+        values[key] = value
+        order.append(key)
     return ModelSpec(
         raw=raw,
         engine=engine,
@@ -134,22 +99,58 @@ def parse_model_id(text: str) -> ModelSpec:
     )
 
 
+def _checked_text(text: object) -> str:
+    """The ID as written, refused when it is not a non-empty string without outer spaces."""
+    if not isinstance(text, str):
+        raise SetupError(
+            f"a model ID must be a string, not {type(text).__name__}", model_id=str(text)
+        )
+    stripped = text.strip()
+    if not stripped:
+        raise SetupError("empty model ID", model_id=text)
+    if stripped != text:
+        raise SetupError("leading or trailing spaces", model_id=text)
+    return text
+
+
+def _flag(part: str, raw: str) -> tuple[str, int | bool]:
+    """One `#flag` or `#flag=N`: its lower-case name and value."""
+    key, eq, value = part.partition("=")
+    key_l = key.lower()
+    if key_l in _BOOL_FLAGS:
+        if eq:
+            raise SetupError(f"flag #{key} takes no value", model_id=raw)
+        return key_l, True
+    if key_l not in _INT_FLAGS:
+        valid = ", ".join(f"#{f}" for f in (*_BOOL_FLAGS, *(f"{k}=N" for k in _INT_FLAGS)))
+        raise SetupError(f"unknown flag #{part} (valid: {valid})", model_id=raw)
+    if not eq or not re.fullmatch(r"[0-9]+", value):
+        raise SetupError(f"flag #{key} needs a whole number, got {value!r}", model_id=raw)
+    number = int(value)
+    if number < _INT_FLAGS[key_l]:
+        raise SetupError(f"flag #{key}={value} must be >= {_INT_FLAGS[key_l]}", model_id=raw)
+    if str(number) != value:
+        raise SetupError(f"flag #{key}={value} has leading zeros", model_id=raw)
+    return key_l, number
+
+
 def _int_or_none(v: int | bool | None) -> int | None:
     return None if v is None else int(v)
 
 
 def _split_prefix(base: str, raw: str) -> tuple[str, str, str]:
-    lowered = base.lower()
-    for prefix, engine in _PREFIXES:
-        if lowered.startswith(prefix):
-            return engine, base[: len(prefix)], base[len(prefix) :]
-    if ":" in base or "/" in base:
-        return "ollama", "", base
-    raise SetupError(
-        "cannot tell the engine: use a prefix (ol_, vl_, vllm:, llamacpp:) "
-        "or an Ollama name with ':' or '/'",
-        model_id=raw,
-    )
+    """(engine, prefix as written, name) by the registered engines' prefixes; a bare name with
+    ':' or '/' belongs to the engine that claims bare names (Ollama)."""
+    matched = registry.match_prefix(base)
+    if matched is not None:
+        info, prefix = matched
+        return info.name, prefix, base[len(prefix) :]
+    bare = registry.bare_name_engine()
+    if bare is not None and (":" in base or "/" in base):
+        return bare.name, "", base
+    prefixes = ", ".join(p for info in registry.engines() for p in info.prefixes)
+    with_bare = f" or an {bare.label} name with ':' or '/'" if bare is not None else ""
+    raise SetupError(f"cannot tell the engine: use a prefix ({prefixes}){with_bare}", model_id=raw)
 
 
 def load_setups(path: Path) -> dict[str, list[ModelSpec]]:

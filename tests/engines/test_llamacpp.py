@@ -11,9 +11,10 @@ import psutil
 import pytest
 
 from vramphysics.calibrate import fit_linear, measure_point
-from vramphysics.config import LlamaCppConfig, SweepConfig
+from vramphysics.config import SweepConfig
 from vramphysics.demo_models import TinyModelShape, write_tiny_gguf
 from vramphysics.engines.llamacpp import LlamaCppEngine
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.errors import EngineError
 from vramphysics.probes import ProcessTreeProbe
 from vramphysics.setups import parse_model_id

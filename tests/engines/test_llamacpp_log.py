@@ -1,4 +1,4 @@
-"""llama.cpp's own memory lines (engines/llamacpp_log.parse_buffers)."""
+"""llama.cpp's own memory lines (engines/llamacpp/log.parse_buffers)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vramphysics.engines.llamacpp_log import components_from_log, is_host_device, parse_buffers
+from vramphysics.engines.llamacpp.log import components_from_log, is_host_device, parse_buffers
 
 MIB = 2**20
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "llamacpp"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from vramphysics.config import LlamaCppConfig
 from vramphysics.demo_models import TinyModelShape, write_tiny_gguf
 from vramphysics.engines.llamacpp import LlamaCppEngine, resolve_model_path
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.setups import parse_model_id
 

@@ -1,5 +1,5 @@
-"""The Ollama engine against `tests/ollama_server.py`, a double of Ollama's HTTP API whose loaded
-models are real llama.cpp servers (children of the double, like Ollama's runners).
+"""The Ollama engine against `tests/doubles/ollama_server.py`, a double of Ollama's HTTP API whose
+loaded models are real llama.cpp servers (children of the double, like Ollama's runners).
 
 Fast tests exercise the pure parts (name matching, timings, log breakdown, launch environment);
 `slow` tests start the double as a subprocess and drive the engine (and the whole runner) through
@@ -30,19 +30,19 @@ import yaml
 from pydantic import ValidationError
 
 from vramphysics.bench import throughput
-from vramphysics.config import OllamaConfig
 from vramphysics.demo_models import TinyModelShape, write_tiny_gguf
-from vramphysics.engines.llamacpp_log import components_from_log
+from vramphysics.engines.llamacpp.log import components_from_log
 from vramphysics.engines.ollama import (
     OllamaEngine,
     engine_timings,
     normalize_model_name,
 )
+from vramphysics.engines.ollama.config import OllamaConfig
 from vramphysics.errors import EngineError
 from vramphysics.probes import ProcessTreeProbe
 from vramphysics.setups import ModelSpec, parse_model_id
 
-SERVER = Path(__file__).resolve().parents[1] / "ollama_server.py"
+SERVER = Path(__file__).resolve().parents[1] / "doubles" / "ollama_server.py"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ollama"
 SHAPE = TinyModelShape()
 KV_F16 = SHAPE.kv_bytes_per_token()  # 2 * 8 layers * 2 KV heads * 64 * 2 bytes = 4096
@@ -385,7 +385,7 @@ def test_pull_reports_byte_progress_per_layer(
     tmp_path: Path, double: Double, library: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _RecordingBar.bars = []
-    monkeypatch.setattr("vramphysics.engines.ollama.tqdm", _RecordingBar)
+    monkeypatch.setattr("vramphysics.engines.ollama.api.tqdm", _RecordingBar)
     with make_engine(tmp_path, double.port) as engine:
         engine.download(spec("ol_tiny"))
         assert engine.check_available(spec("ol_tiny")).present

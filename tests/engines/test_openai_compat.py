@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from vramphysics.config import LlamaCppConfig
 from vramphysics.engines.llamacpp import LlamaCppEngine
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.engines.openai_compat import (
     engine_client,
     iter_sse_data,

@@ -19,8 +19,9 @@ from typing import Any, Literal
 import psutil
 import pytest
 
-from vramphysics.config import LlamaCppConfig, load_config
+from vramphysics.config import load_config
 from vramphysics.engines.llamacpp import LlamaCppEngine
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.engines.process import (
     can_bind,
     ensure_port_free,

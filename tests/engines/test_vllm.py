@@ -19,7 +19,6 @@ import psutil
 import pytest
 
 from vramphysics.calibrate import measure_point
-from vramphysics.config import VllmConfig
 from vramphysics.demo_models import HF_SHAPE
 from vramphysics.engines.gpus import gpu_env
 from vramphysics.engines.vllm import (
@@ -30,6 +29,7 @@ from vramphysics.engines.vllm import (
     sanitize_container_name,
     server_args,
 )
+from vramphysics.engines.vllm.config import VllmConfig
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.probes import MemoryTrace, NvmlStatus, ProcessTreeProbe
 from vramphysics.records import CalibrationPoint
@@ -180,7 +180,9 @@ def test_a_native_start_runs_on_the_chosen_gpus(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """gpus [1, 2] reach the server's environment; `all` leaves the user's CUDA_VISIBLE_DEVICES."""
-    monkeypatch.setattr("vramphysics.engines.vllm.nvml_status", lambda: NvmlStatus(False, "test"))
+    monkeypatch.setattr(
+        "vramphysics.engines.vllm.budget.nvml_status", lambda: NvmlStatus(False, "test")
+    )
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
     assert "CVD='1,2' ORDER='PCI_BUS_ID'" in _native_child_env(tmp_path, [1, 2])
@@ -403,7 +405,7 @@ def test_utilization_is_taken_on_the_pinned_gpu_with_the_matching_settings(
         GpuInfo(1, "NVIDIA B", 40 * GIB, 0, 40 * GIB, "570"),
     )
     monkeypatch.setattr(
-        "vramphysics.engines.vllm.nvml_status", lambda: NvmlStatus(True, "ok", gpus)
+        "vramphysics.engines.vllm.budget.nvml_status", lambda: NvmlStatus(True, "ok", gpus)
     )
     db = tmp_path / "physics.yaml"
     spec = parse_model_id("vl_org/m")

@@ -21,7 +21,6 @@ import pytest
 from docker.errors import DockerException, NotFound
 from docker.types import DeviceRequest
 
-from vramphysics.config import VllmConfig
 from vramphysics.engines.vllm import (
     MANAGED_LABEL,
     VllmEngine,
@@ -29,6 +28,7 @@ from vramphysics.engines.vllm import (
     managed_containers,
     remove_managed_containers,
 )
+from vramphysics.engines.vllm.config import VllmConfig
 from vramphysics.errors import EngineError
 from vramphysics.setups import parse_model_id
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vramphysics.engines import vllm
+from vramphysics.engines.vllm import args as vllm
 
 
 def _fake_vllm(tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vramphysics.engines.vllm_log import (
+from vramphysics.engines.vllm.log import (
     VllmFailure,
     VllmLogFacts,
     VllmMetricsFacts,

@@ -1,6 +1,7 @@
 """Smart allocation: the memory a context needs, the context a budget allows, and the verdict.
 
-Pure functions over plain values; no I/O. Everything rests on one line,
+Pure functions over plain values; no I/O, except `resolve_device`, which asks NVML for
+the figures a plan was not given. Everything rests on one line,
 
     required_bytes(ctx) = base_bytes + ctx * cost_per_token_bytes,
 
@@ -17,13 +18,19 @@ Two rules, one per kind of engine (`memory_kind`):
 A calibration is chosen by its memory settings too (`settings`: a tag like `kv=q8_0` or its
 hash); a model calibrated with several settings is never planned from one picked silently.
 
-Modules: `records` (Physics, Plan, SheetRow, constants), `formula`, `device` (DeviceMemory),
-`physics` (calibrated or theory), `verdict` (what every plan shares), `preallocated`,
-`on_demand`, `plans` (by memory kind), `commands` (vllm/docker lines) and `sheet`.
+Modules: `records` (Physics, Plan, SheetRow, constants), `formula`, `device` (DeviceMemory,
+and the device a plan is made for), `render` (a plan in words), `physics` (calibrated or
+theory), `verdict` (what every plan shares), `preallocated`, `on_demand`, `plans` (by memory
+kind), and `sheet`.
 """
 
-from vramphysics.allocate.commands import docker_command, vllm_command
-from vramphysics.allocate.device import DeviceMemory, device_memory
+from vramphysics.allocate.device import (
+    DeviceMemory,
+    PlanDevice,
+    device_memory,
+    nvml_memory,
+    resolve_device,
+)
 from vramphysics.allocate.formula import format_bytes, max_context, required_bytes, vllm_utilization
 from vramphysics.allocate.on_demand import plan_on_demand
 from vramphysics.allocate.physics import (
@@ -40,7 +47,6 @@ from vramphysics.allocate.records import (
     GIB,
     MAX_UTIL,
     MIN_UTIL,
-    PROBE_PREFERENCE,
     SHEET_CONTEXTS,
     SHEET_UTILIZATION,
     VLLM_BLOCK_TOKENS,
@@ -50,6 +56,7 @@ from vramphysics.allocate.records import (
     SheetRow,
     memory_kind,
 )
+from vramphysics.allocate.render import render_plan
 from vramphysics.allocate.sheet import plan_sheet_rows
 from vramphysics.allocate.verdict import with_messages
 
@@ -57,11 +64,11 @@ __all__ = [
     "calibrated_devices",
     "device_memory",
     "DeviceMemory",
-    "docker_command",
     "format_bytes",
     "GIB",
     "longest_preallocated",
     "max_context",
+    "nvml_memory",
     "MAX_UTIL",
     "memory_kind",
     "MemoryKind",
@@ -74,8 +81,10 @@ __all__ = [
     "plan_on_demand",
     "plan_preallocated",
     "plan_sheet_rows",
-    "PROBE_PREFERENCE",
+    "PlanDevice",
+    "render_plan",
     "required_bytes",
+    "resolve_device",
     "resolve_physics",
     "select_physics",
     "settings_tags",
@@ -83,7 +92,6 @@ __all__ = [
     "SHEET_UTILIZATION",
     "SheetRow",
     "VLLM_BLOCK_TOKENS",
-    "vllm_command",
     "vllm_utilization",
     "with_messages",
 ]

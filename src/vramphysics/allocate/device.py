@@ -1,10 +1,14 @@
-"""The device memory a start can use: the GPUs it is pinned to and the figures that bind."""
+"""The device memory a start can use (the GPUs it is pinned to and the figures that bind), and
+the device a plan is made for (the user's figures, else the calibration's, else NVML's)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from vramphysics.allocate.formula import format_bytes
+from vramphysics.errors import ConfigError
 
 if TYPE_CHECKING:
     from vramphysics.probes import GpuInfo
@@ -48,3 +52,78 @@ def device_memory(
         free_bytes=free if assume_free_bytes is None else assume_free_bytes,
         gpu_indices=tuple(g.index for g in chosen),
     )
+
+
+@dataclass(frozen=True)
+class PlanDevice:
+    """The total and used memory a plan is made for, and sentences saying where they came from."""
+
+    total_bytes: int
+    used_bytes: int
+    messages: tuple[str, ...]
+
+
+def nvml_memory(device: str) -> tuple[tuple[int, int] | None, str]:
+    """(total, used) of the GPU named `device`, and a sentence saying what NVML said."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return None, f"NVML unavailable ({exc})"
+    try:
+        names = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            raw = pynvml.nvmlDeviceGetName(handle)
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            names.append(name)
+            if name == device:
+                mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+                total_b, used_b = int(mem.total), int(mem.used)
+                return (total_b, used_b), (
+                    f"NVML: GPU {i} ({name}) has {format_bytes(used_b)} of "
+                    f"{format_bytes(total_b)} in use, counted as used by others"
+                )
+        return None, f"NVML: no GPU named {device!r} (found: {', '.join(names) or 'none'})"
+    except pynvml.NVMLError as exc:
+        return None, f"NVML unavailable ({exc})"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def resolve_device(
+    device: str,
+    *,
+    total_bytes: int | None,
+    used_bytes: int | None,
+    calibrated_total_bytes: int | None,
+    total_key: str = "total",
+    used_key: str = "used",
+) -> PlanDevice:
+    """Total and used memory of `device`: the given figures, else the calibration's total
+    (`calibrated_total_bytes`), else NVML's; used unknown is taken as 0 and said so.
+    `total_key` and `used_key` name the given figures in an error (e.g. the flags)."""
+    messages: list[str] = []
+    total = total_bytes
+    if total is None and calibrated_total_bytes:
+        total = int(calibrated_total_bytes)
+        messages.append(f"device total {format_bytes(total)} from the calibration")
+    used = used_bytes
+    if total is None or used is None:
+        nvml, said = nvml_memory(device)
+        messages.append(said)
+        if nvml is not None:
+            total = nvml[0] if total is None else total
+            used = nvml[1] if used is None else used
+    if total is None:
+        raise ConfigError("the device's memory is unknown: give it", key=total_key)
+    if used is None:
+        used = 0
+        messages.append("memory used by other processes unknown: taken as 0")
+    if used > total:
+        raise ConfigError(
+            f"{format_bytes(used)} used by others is more than the device's {format_bytes(total)}",
+            key=used_key,
+        )
+    return PlanDevice(total, used, tuple(messages))

@@ -19,7 +19,7 @@ def plan_on_demand(
     budget_bytes: float | None = None,
     used_by_others_bytes: int = 0,
     margin: float = 0.05,
-    engine: str = "llamacpp",
+    engine: str = "",
     model: str | None = None,
     device: str | None = None,
 ) -> Plan:

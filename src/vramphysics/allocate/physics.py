@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from vramphysics.allocate.records import PROBE_PREFERENCE, Physics
+from vramphysics.allocate.records import Physics
+from vramphysics.engines import registry
 from vramphysics.errors import ConfigError
 from vramphysics.physics_db import PhysicsEntry, tag_matches
 from vramphysics.theory import Theory
@@ -18,11 +19,22 @@ def _on_device(
 
 
 def _best_probe(entries: Sequence[PhysicsEntry]) -> PhysicsEntry:
+    """The entry from the probe its engine prefers (its own figures before memory seen from
+    outside), then the best r²."""
+
     def rank(e: PhysicsEntry) -> tuple[int, float]:
-        order = PROBE_PREFERENCE.index(e.probe) if e.probe in PROBE_PREFERENCE else 99
+        probes = _preferred_probes(e.engine)
+        order = probes.index(e.probe) if e.probe in probes else len(probes)
         return (order, -(e.r2 if e.r2 is not None else -1.0))
 
     return min(entries, key=rank)
+
+
+def _preferred_probes(engine: str) -> tuple[str, ...]:
+    """The engine's probes, best first (an engine no longer registered: none preferred)."""
+    if engine not in registry.names():
+        return ()
+    return registry.get(engine).probes
 
 
 def select_physics(

@@ -67,7 +67,7 @@ def plan_preallocated(
     budget_bytes: float | None = None,
     used_by_others_bytes: int = 0,
     margin: float = 0.05,
-    engine: str = "vllm",
+    engine: str = "",
     model: str | None = None,
     device: str | None = None,
     max_util: float = MAX_UTIL,

@@ -1,28 +1,26 @@
-"""The records of a plan (Physics, Plan, SheetRow), the constants, and each engine's memory kind."""
+"""The records of a plan (Physics, Plan, SheetRow), the constants, and an engine's memory kind."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-MemoryKind = Literal["preallocated", "on_demand"]
+from vramphysics.engines import registry
+from vramphysics.engines.registry import MemoryKind
 
 GIB = 2**30
-# Most direct first: vLLM's own KV figure, its log, then memory seen from outside.
-PROBE_PREFERENCE: tuple[str, ...] = ("vllm-metrics", "vllm-log", "nvml", "ollama-ps", "process")
 MIN_UTIL = 0.05
 MAX_UTIL = 0.98
 VLLM_BLOCK_TOKENS = 16  # vLLM's default KV block: a sequence occupies whole blocks
 SHEET_CONTEXTS: tuple[int, ...] = (4096, 8192, 16384, 32768, 131072)
 SHEET_UTILIZATION = 0.9
-_PREALLOCATING_ENGINES = frozenset({"vllm"})
 
 
 def memory_kind(engine: str) -> MemoryKind:
-    """How an engine takes memory: `preallocated` (vLLM reserves utilization x total up front)
-    or `on_demand` (Ollama, llama.cpp allocate what the context needs)."""
-    return "preallocated" if engine in _PREALLOCATING_ENGINES else "on_demand"
+    """How an engine takes memory, as it registered: `preallocated` (it reserves utilization x
+    total up front) or `on_demand` (it allocates what the context needs)."""
+    return registry.get(engine).memory_kind
 
 
 @dataclass(frozen=True)

@@ -1,37 +1,36 @@
-"""Engines: one interface (`base.Engine`), one module per engine. `engine_class` is the only
-place that maps an engine name from a model ID to its class."""
+"""Engines: one interface (`base.Engine`), one package per engine, and the registry
+(`registry.py`) through which everything else finds them. Adding an engine: see
+docs/adding-an-engine.md.
+
+This module imports nothing at load time, so that `setups` and `config` can ask the registry
+without importing any engine.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vramphysics import physics_db
-from vramphysics.config import Config
-from vramphysics.engines.base import Engine
+from vramphysics.engines import registry
+
+if TYPE_CHECKING:
+    from vramphysics.config import Config
+    from vramphysics.engines.base import Engine
 
 
 def engine_class(name: str) -> type[Engine]:
-    if name == "llamacpp":
-        from vramphysics.engines.llamacpp import LlamaCppEngine
-
-        return LlamaCppEngine
-    if name == "vllm":
-        from vramphysics.engines.vllm import VllmEngine
-
-        return VllmEngine
-    if name == "ollama":
-        from vramphysics.engines.ollama import OllamaEngine
-
-        return OllamaEngine
-    raise ValueError(f"unknown engine {name!r}")
+    """The Engine subclass registered as `name` (its module is imported now)."""
+    return registry.get(name).engine_class()
 
 
 def create_engine(name: str, config: Config, *, state_dir: Path, log_dir: Path) -> Engine:
     """An engine with its section of the config (`engines.<name>`)."""
-    factory: Callable[..., Engine] = engine_class(name)
+    info = registry.get(name)
     extra: dict[str, Any] = {}
-    if name == "vllm":  # it sizes --gpu-memory-utilization from the physics database
+    if info.uses_physics_db:  # it sizes its starts from the physics database (vLLM)
+        from vramphysics import physics_db
+
         extra["physics_path"] = physics_db.db_path(config.paths.calibration_dir)
-    return factory(getattr(config.engines, name), state_dir=state_dir, log_dir=log_dir, **extra)
+    factory: Callable[..., Engine] = info.engine_class()  # (its config section, *, state_dir, ...)
+    return factory(config.engines.section(name), state_dir=state_dir, log_dir=log_dir, **extra)

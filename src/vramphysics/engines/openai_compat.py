@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,32 @@ def _chunk_text(event: dict[str, Any]) -> str:
     return delta.get("content") or ""
 
 
+@dataclass
+class _Tally:
+    """What a stream has carried so far: filled event by event while the stream runs."""
+
+    sent: float
+    first: float | None = None
+    last: float | None = None
+    n_chunks: int = 0
+    usage_obj: dict[str, Any] | None = None
+    parts: list[str] = field(default_factory=list)
+    n_logprob_tokens: int = 0
+
+    def add(self, event: dict[str, Any], now: float) -> None:
+        """Count one event; `now` is when it arrived (the first text sets TTFT)."""
+        if event.get("usage"):
+            self.usage_obj = event["usage"]
+        self.n_logprob_tokens += _logprob_tokens(event)
+        text = _chunk_text(event)
+        if text:
+            self.n_chunks += 1
+            self.parts.append(text)
+            if self.first is None:
+                self.first = now
+            self.last = now
+
+
 def stream_completion(
     client: httpx.Client,
     url: str,
@@ -135,38 +162,11 @@ def stream_completion(
     object come from `count_tokens` on the prompt.
     """
     body = dict(payload, stream=True)
-    sent = time.monotonic()
-    first = last = None
-    n_chunks = 0
-    usage_obj: dict[str, Any] | None = None
-    parts: list[str] = []
-    n_logprob_tokens = 0
+    tally = _Tally(sent=time.monotonic())
     try:
         with client.stream("POST", url, json=body, timeout=timeout_s) as response:
-            raise_for_auth(response, model_id)
-            if response.status_code != 200:
-                response.read()
-                raise EngineError(
-                    "request_failed",
-                    f"HTTP {response.status_code} from {url}: {response.text[:200]}",
-                    model_id=model_id,
-                )
-            for event in iter_sse_data(response.iter_lines()):
-                now = time.monotonic()
-                if event.get("usage"):
-                    usage_obj = event["usage"]
-                n_logprob_tokens += _logprob_tokens(event)
-                text = _chunk_text(event)
-                if text:
-                    n_chunks += 1
-                    parts.append(text)
-                    if first is None:
-                        first = now
-                    last = now
-                if time.monotonic() - sent > timeout_s:
-                    raise EngineError(
-                        "timeout", f"request ran past {timeout_s:.0f} s", model_id=model_id
-                    )
+            _check_stream_status(response, url, model_id)
+            _read_stream(response, tally, timeout_s=timeout_s, model_id=model_id)
     except httpx.TimeoutException as exc:
         raise EngineError(
             "timeout", f"no answer within {timeout_s:.0f} s from {url}", model_id=model_id
@@ -176,34 +176,61 @@ def stream_completion(
             "request_failed", f"{type(exc).__name__} talking to {url}", model_id=model_id
         ) from exc
     end = time.monotonic()
-    if usage_obj is not None:
-        usage = Usage(
-            prompt_tokens=usage_obj.get("prompt_tokens"),
-            completion_tokens=usage_obj.get("completion_tokens"),
+    return Completion(
+        sent_s=tally.sent,
+        first_text_s=tally.first,
+        last_text_s=tally.last,
+        end_s=end,
+        usage=_stream_usage(tally, payload, count_tokens),
+        n_chunks=tally.n_chunks,
+    )
+
+
+def _check_stream_status(response: httpx.Response, url: str, model_id: str | None) -> None:
+    """401/403 as `unauthorized`, any other answer but 200 as `request_failed` with its text."""
+    raise_for_auth(response, model_id)
+    if response.status_code != 200:
+        response.read()
+        raise EngineError(
+            "request_failed",
+            f"HTTP {response.status_code} from {url}: {response.text[:200]}",
+            model_id=model_id,
+        )
+
+
+def _read_stream(
+    response: httpx.Response, tally: _Tally, *, timeout_s: float, model_id: str | None
+) -> None:
+    """Count every event into `tally`; a stream still running past `timeout_s` is a timeout."""
+    for event in iter_sse_data(response.iter_lines()):
+        tally.add(event, time.monotonic())
+        if time.monotonic() - tally.sent > timeout_s:
+            raise EngineError("timeout", f"request ran past {timeout_s:.0f} s", model_id=model_id)
+
+
+def _stream_usage(
+    tally: _Tally, payload: dict[str, Any], count_tokens: Callable[[str], int] | None
+) -> Usage:
+    """The token counts, from the best source the stream offered (see `stream_completion`)."""
+    if tally.usage_obj is not None:
+        return Usage(
+            prompt_tokens=tally.usage_obj.get("prompt_tokens"),
+            completion_tokens=tally.usage_obj.get("completion_tokens"),
             source="engine-usage",
         )
-    elif n_logprob_tokens:
-        usage = Usage(
+    if tally.n_logprob_tokens:
+        return Usage(
             prompt_tokens=_prompt_tokens(payload, count_tokens),
-            completion_tokens=n_logprob_tokens,
+            completion_tokens=tally.n_logprob_tokens,
             source="engine-logprobs",
         )
-    elif count_tokens is not None:
-        usage = Usage(
+    if count_tokens is not None:
+        return Usage(
             prompt_tokens=_prompt_tokens(payload, count_tokens),
-            completion_tokens=count_tokens("".join(parts)) if parts else 0,
+            completion_tokens=count_tokens("".join(tally.parts)) if tally.parts else 0,
             source="engine-tokenizer",
         )
-    else:
-        usage = Usage(prompt_tokens=None, completion_tokens=None, source="none")
-    return Completion(
-        sent_s=sent,
-        first_text_s=first,
-        last_text_s=last,
-        end_s=end,
-        usage=usage,
-        n_chunks=n_chunks,
-    )
+    return Usage(prompt_tokens=None, completion_tokens=None, source="none")
 
 
 def _prompt_tokens(

@@ -71,6 +71,8 @@ class EngineInfo:
     memory_kind: MemoryKind = "on_demand"  # preallocated: it reserves utilization x total
     probes: tuple[str, ...] = ("nvml", "process")  # its entries' probes, best first
     advice: Callable[[Plan, AdviceRequest], Advice] = _no_advice
+    # its log (and a saved /metrics page) as figures, for `inspect-log`; None: not supported
+    inspect_log: Callable[[str, str | None], dict[str, Any]] | None = None
     bare_names: bool = False  # a bare `name:tag` or `org/name` model ID is this engine's
     uses_physics_db: bool = False  # its starts are sized from the physics database (vLLM)
 

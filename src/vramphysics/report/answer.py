@@ -215,6 +215,18 @@ def answer_row(
         missing = "no calibration of it on this device" if entry is None else "device size unknown"
         return _with(base, warning=_warning(row, None, None) or f"no plan: {missing}")
     ctx, ctx_why = _plan_ctx(row.model, cells, row)
+    return _planned(base, row, entry, mem, ctx, ctx_why)
+
+
+def _planned(
+    base: AnswerRow,
+    row: ModelRow,
+    entry: PhysicsEntry,
+    mem: DeviceMemory,
+    ctx: int | None,
+    ctx_why: str,
+) -> AnswerRow:
+    """`base` with the plan of its calibration on the device: all free, and 90 % of it."""
     try:
         plan = planning.plan_for(
             entry,
@@ -230,15 +242,6 @@ def answer_row(
         return _with(base, warning=f"no plan from the calibration: {exc}")
     refusal = next((m for m in plan.messages if m.startswith("refused")), None)
     vllm = planning.preallocates(row.engine)
-    sources = (
-        *base.sources,
-        ("Free (GiB)", mem.source),
-        ("Max context (tokens)", plan_command(entry, mem, mem.used_by_others_bytes, ctx)),
-        ("Max context @ 90% free (tokens)", plan_command(entry, mem, used_90, ctx)),
-        ("Context (tokens)", ctx_why),
-        ("Needs (GiB)", f"calibration {entry.probe} of {entry.calibrated_at or 'unknown date'}"),
-        ("GiB per 10k tokens", f"cost per token {entry.cost_per_token_bytes:.1f} B x 10,000"),
-    )
     return _with(
         base,
         free_bytes=mem.free_bytes,
@@ -250,7 +253,21 @@ def answer_row(
         kv_cache_memory_bytes=plan.kv_cache_memory_bytes if vllm else None,
         gib_per_10k=entry.cost_per_token_bytes * 10_000 / GIB,
         warning=_warning(row, plan.fits, refusal),
-        sources=sources,
+        sources=(*base.sources, *_plan_sources(entry, mem, used_90, ctx, ctx_why)),
+    )
+
+
+def _plan_sources(
+    entry: PhysicsEntry, mem: DeviceMemory, used_90: int, ctx: int | None, ctx_why: str
+) -> tuple[tuple[str, str], ...]:
+    """Where each planned figure of a row came from (the cell comments of the Answer sheet)."""
+    return (
+        ("Free (GiB)", mem.source),
+        ("Max context (tokens)", plan_command(entry, mem, mem.used_by_others_bytes, ctx)),
+        ("Max context @ 90% free (tokens)", plan_command(entry, mem, used_90, ctx)),
+        ("Context (tokens)", ctx_why),
+        ("Needs (GiB)", f"calibration {entry.probe} of {entry.calibrated_at or 'unknown date'}"),
+        ("GiB per 10k tokens", f"cost per token {entry.cost_per_token_bytes:.1f} B x 10,000"),
     )
 
 

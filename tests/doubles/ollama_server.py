@@ -28,7 +28,7 @@ reporting (size_vram, context_length in /api/ps, unload delay), `POST /_test/res
 everything and unloads all runners, `GET /_test/state` lists the runners and the last final chat
 object.
 
-Run: `python tests/ollama_server.py --host 127.0.0.1 --port P --store DIR --library DIR`
+Run: `python tests/doubles/ollama_server.py --host 127.0.0.1 --port P --store DIR --library DIR`
 (without --host/--port, OLLAMA_HOST is used, as by `ollama serve`).
 """
 

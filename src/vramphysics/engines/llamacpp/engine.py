@@ -1,4 +1,4 @@
-"""llama.cpp: `llama-server` when it is on PATH, else `python -m llama_cpp.server`.
+"""The llama.cpp engine: `llama-server` when it is on PATH, else `python -m llama_cpp.server`.
 
 Each context is a fresh server process (memory freed inside one process is not returned to the
 system promptly, so one process per context is the only honest measurement).
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -17,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from vramphysics.config import LlamaCppConfig
 from vramphysics.engines.base import (
     Availability,
     Completion,
@@ -26,7 +23,15 @@ from vramphysics.engines.base import (
     MemoryComponents,
     ResidentModel,
 )
-from vramphysics.engines.llamacpp_log import components_from_log
+from vramphysics.engines.llamacpp.command import (
+    API_KEY_VARIABLES,
+    base_command,
+    resolve_model_path,
+    server_command,
+    uses_llama_server,
+)
+from vramphysics.engines.llamacpp.config import LlamaCppConfig
+from vramphysics.engines.llamacpp.log import components_from_log
 from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
 from vramphysics.engines.process import ManagedProcess, read_tail
 from vramphysics.errors import EngineError, SetupError
@@ -37,41 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# the variables that give the server an API key: llama-server (LLAMA_API_KEY),
-# llama-cpp-python (its settings read API_KEY)
-_API_KEY_VARIABLES = ("LLAMA_API_KEY", "API_KEY")
 _OOM_MARKERS = ("out of memory", "failed to allocate", "cudamalloc failed", "unable to allocate")
-
-
-def resolve_model_path(name: str, model_dir: Path) -> Path:
-    """The GGUF file a `llamacpp:` model ID names.
-
-    - An absolute path (`/models/x.gguf`, or `~/models/x.gguf`) is taken as written: the one way
-      to name a file outside the model folder; it must end in `.gguf`.
-    - Anything else is a name under `model_dir` (`tiny`, `tiny.gguf`, `q4/llama-7b.gguf`;
-      `.gguf` is added when missing) and may not leave it: a `..` part is refused. Symbolic
-      links inside the folder are followed (whoever owns the folder put them there).
-    """
-    try:
-        candidate = Path(name).expanduser()
-    except RuntimeError as exc:  # ~user of a user that does not exist
-        raise SetupError(f"model path {name!r}: {exc}") from exc
-    if candidate.is_absolute():
-        if candidate.suffix.lower() != ".gguf":
-            raise SetupError(
-                f"model path {name!r} is absolute but does not end in .gguf: outside the model "
-                f"folder {model_dir} only a .gguf file named by its absolute path is accepted"
-            )
-        return candidate
-    if ".." in candidate.parts:
-        raise SetupError(
-            f"model name {name!r} escapes the model folder {model_dir}: names are relative to "
-            "it; write a file elsewhere as an absolute path (llamacpp:/abs/path/model.gguf)"
-        )
-    resolved = model_dir.expanduser().resolve() / candidate
-    if resolved.suffix.lower() != ".gguf":
-        resolved = resolved.with_name(resolved.name + ".gguf")
-    return resolved
 
 
 class LlamaCppEngine(Engine):
@@ -83,12 +54,10 @@ class LlamaCppEngine(Engine):
         self._proc: ManagedProcess | None = None
         self._spec: ModelSpec | None = None
         self._ctx: int | None = None
-        self._uses_llama_server = cfg.command is None and shutil.which("llama-server") is not None
+        self._uses_llama_server = uses_llama_server(cfg)
         # `port: auto`: none until a start takes a free one (0 answers nothing)
         self._port = cfg.port if isinstance(cfg.port, int) else 0
-        key = server_api_key(
-            [*(cfg.command or []), *cfg.extra_args], os.environ, _API_KEY_VARIABLES
-        )
+        key = server_api_key([*(cfg.command or []), *cfg.extra_args], os.environ, API_KEY_VARIABLES)
         self._client = engine_client(cfg.request_timeout_s, key)
 
     @property
@@ -108,7 +77,7 @@ class LlamaCppEngine(Engine):
             "host": self.cfg.host,
             "port": self.cfg.port,
             "n_gpu_layers": self.cfg.n_gpu_layers,
-            "launcher": " ".join(self._base_command()),
+            "launcher": " ".join(base_command(self.cfg, llama_server=self._uses_llama_server)),
             "extra_args": list(self.cfg.extra_args),
         }
 
@@ -132,29 +101,13 @@ class LlamaCppEngine(Engine):
 
         return theory_from_gguf(self.model_path(spec))
 
-    def _base_command(self) -> list[str]:
-        if self.cfg.command:
-            return list(self.cfg.command)
-        if self._uses_llama_server:
-            return ["llama-server"]
-        return [sys.executable, "-m", "llama_cpp.server"]
-
-    def _command(self, path: Path, ctx: int) -> list[str]:
-        base = self._base_command()
-        host, port = self.cfg.host, str(self._port)
-        if self._uses_llama_server or (self.cfg.command and "llama-server" in Path(base[0]).name):
-            args = ["-m", str(path), "-c", str(ctx), "--host", host, "--port", port]
-            args += ["-ngl", str(self.cfg.n_gpu_layers), "--parallel", "1"]
-        else:
-            args = ["--model", str(path), "--n_ctx", str(ctx), "--host", host, "--port", port]
-            args += ["--n_gpu_layers", str(self.cfg.n_gpu_layers)]
-        return base + args + list(self.cfg.extra_args)
-
     def start(self, spec: ModelSpec, ctx: int) -> None:
         self.stop()
         path = self.model_path(spec)
         self._port = self.claim_port(self.cfg.host, self.cfg.port, model_id=spec.raw)
-        argv = self._command(path, ctx)
+        argv = server_command(
+            self.cfg, llama_server=self._uses_llama_server, path=path, ctx=ctx, port=self._port
+        )
         log_path = self.log_dir / f"llamacpp-{path.stem}-ctx{ctx}.log"
         log_path.unlink(missing_ok=True)
         log.debug("starting %s", argv)

@@ -1,10 +1,15 @@
-"""A plan as a command line: `vllm serve ...` or `docker run ... vllm/vllm-openai`."""
+"""How a plan is served with vLLM: `vllm serve ...` or `docker run ... vllm/vllm-openai`, and
+whether the installed vLLM takes `--kv-cache-memory-bytes`."""
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 from vramphysics.allocate.records import Plan
+from vramphysics.engines.registry import Advice, AdviceRequest
 
 
 def _format_util(util: float) -> str:
@@ -68,3 +73,32 @@ def docker_command(
         *_vllm_args(plan, kv_cache_bytes),
         *extra,
     ]
+
+
+def _flag_note() -> tuple[str, bool | None]:
+    from vramphysics.engines.vllm.args import installed_flag_support
+
+    version, supports = installed_flag_support()
+    if version is None:
+        return "no vLLM installed here: check `vllm serve --help` for --kv-cache-memory-bytes", None
+    verb = "accepts" if supports else "does not accept"
+    return f"the installed vLLM {version} {verb} --kv-cache-memory-bytes", supports
+
+
+def advice(plan: Plan, request: AdviceRequest) -> Advice:
+    """`vllm serve ...` and `docker run ...` for a plan that fits, and what the installed vLLM
+    accepts (said for every plan)."""
+    note, supports = _flag_note()
+    facts = {"kv_cache_memory_bytes_supported": supports}
+    if not plan.fits or plan.ctx is None:
+        return Advice(notes=(note,), facts=facts)
+    hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    kv = request.kv_cache_bytes
+    command = vllm_command(plan, request.model, port=request.port or 8000, kv_cache_bytes=kv)
+    docker = docker_command(plan, request.model, hf_cache=hf_home, kv_cache_bytes=kv)
+    return Advice(
+        lines=(("command", shlex.join(command)), ("docker", shlex.join(docker))),
+        commands={"command": command, "docker_command": docker},
+        notes=(note,),
+        facts=facts,
+    )
