@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from vramphysics.config import Config, load_config
+from vramphysics.engines import registry
 from vramphysics.errors import EngineError
 from vramphysics.loadout.resident import LoadoutStatus, status
 from vramphysics.loadout.start import apply, kill
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--status", action="store_true", help="engines, GPUs, what is loaded")
     what.add_argument("--apply", metavar="PRESET", help="start a loadout preset from config.yaml")
     what.add_argument(
-        "--kill", metavar="NAME", help="stop a managed engine (llamacpp, vllm, ollama) or all"
+        "--kill",
+        metavar="NAME",
+        help=f"stop a managed engine ({', '.join(registry.names())}) or all",
     )
     p.add_argument("--config", type=Path, default=Path("config.yaml"), help="configuration file")
     p.add_argument(

@@ -36,7 +36,7 @@ class ExtraSheet:
 
 CALIBRATION_COLUMNS = (
     Column("Model", "Model ID as written in the test setups", 34),
-    Column("Engine", "llamacpp, vllm or ollama", 10),
+    Column("Engine", "the engine, as its model ID names it (the registry's name)", 10),
     Column(
         "Status", "OK, MISSING (not on disk, nothing started), FAILED, NO_FIT (too few points)", 10
     ),
@@ -210,7 +210,7 @@ FAILURE_COLUMNS = (
 
 ANSWER_COLUMNS = (
     Column("Model", "Model ID as written in the test setups", 34),
-    Column("Engine", "llamacpp, vllm or ollama", 10),
+    Column("Engine", "the engine, as its model ID names it (the registry's name)", 10),
     Column("Device", "Device the calibration was measured on", 14),
     Column("Status", "OK, NO_FIT, MISSING, FAILED, INCOMPLETE (see Calibration)", 10),
     Column(
