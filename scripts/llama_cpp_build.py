@@ -30,6 +30,7 @@ DEFAULT_CUDA_ROOT = Path("/usr/local/cuda")
 DEFAULT_DRIVER_FILE = Path("/proc/driver/nvidia/version")
 # cmake/make "[ 42%] Building C object ...", ninja "[17/180] Building CXX object ..."
 _PROGRESS = re.compile(r"^\s*\[\s*\d+(?:%|/\d+)\]")
+_MAX_PROGRESS = 160
 # pip's own top-level lines worth showing (not the build backend's indented chatter)
 _PIP_LINE = re.compile(
     r"^(Collecting|Building wheel|Created wheel|Installing collected|Successfully|ERROR|WARNING)"
@@ -102,6 +103,18 @@ def plan_build(
     )
 
 
+def progress_text(line: str) -> str:
+    """A build progress line, short: `[70/193] llama-model.cpp` for a verbose ninja line that
+    is the whole compiler command (pip -v shows those); other lines as they are, at most 160
+    characters."""
+    step, _, rest = line.strip().partition("]")
+    words = rest.split()
+    if "-c" in words[:-1]:
+        return f"{step}] {Path(words[words.index('-c') + 1]).name}"
+    text = line.strip()
+    return text if len(text) <= _MAX_PROGRESS else text[: _MAX_PROGRESS - 3] + "..."
+
+
 def run_pip(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Run pip, echo its progress lines as they come, its last lines when it fails."""
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
@@ -117,7 +130,9 @@ def run_pip(argv: Sequence[str], env: Mapping[str, str]) -> int:
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line)
-            if _PROGRESS.match(line) or _PIP_LINE.match(line):
+            if _PROGRESS.match(line):
+                print(progress_text(line), flush=True)
+            elif _PIP_LINE.match(line):
                 print(line.strip(), flush=True)
             installed = installed or bool(_ALREADY.match(line))
     if installed:

@@ -193,3 +193,16 @@ def test_an_installed_build_is_kept_and_said_so(tmp_path: Path) -> None:
     assert result.stdout.splitlines()[-1].startswith(
         "nothing built: llama-cpp-python is installed already"
     )
+
+
+def test_a_verbose_compiler_line_is_shown_as_its_source_file() -> None:
+    progress_text = build.progress_text
+    line = (
+        "[70/193] /usr/bin/g++ -DGGML_SHARED -I/tmp/x/include -O3 -MD -MT a.o -MF a.o.d "
+        "-o vendor/llama.cpp/src/CMakeFiles/llama.dir/llama-model.cpp.o "
+        "-c /tmp/pip-install-1/llama-cpp-python/vendor/llama.cpp/src/llama-model.cpp\n"
+    )
+    assert progress_text(line) == "[70/193] llama-model.cpp"
+    short = "[ 66%] Building CXX object vendor/llama.cpp/src/CMakeFiles/llama.dir/llama.cpp.o"
+    assert progress_text(short + "\n") == short
+    assert len(progress_text("[1/2] " + "x" * 500)) == 160
