@@ -523,3 +523,27 @@ def test_an_entry_without_recorded_settings_stands_in_only_when_none_matches() -
     assert select_physics([hand, own], "vllm", hand.model, H100, settings=tag) == own
     other = settings_tag({"kv_cache_type": "f16", "num_parallel": 1})
     assert select_physics([own], "vllm", hand.model, H100, settings=other) is None
+
+
+def test_a_default_calibration_is_no_wildcard_and_hand_entries_do_not_force_settings() -> None:
+    """A calibration with default settings (vLLM records no memory flags) is not taken for an
+    fp8 start; a hand entry beside one calibration does not make `plan` ask for --settings."""
+    from vramphysics.allocate import select_physics
+    from vramphysics.physics_db import settings_tag
+
+    default = dataclasses.replace(entry(), settings={"extra_args": [], "env_keys": []})
+    assert default.settings_known
+    fp8 = settings_tag({"extra_args": ["--kv-cache-dtype", "fp8"]})
+    assert select_physics([default], "vllm", default.model, H100, settings=fp8) is None
+    hand = entry(base=9 * GIB)
+    assert resolve_physics([default, hand], "vllm", default.model, H100).base_bytes == 8 * GIB
+
+
+def test_a_secret_in_the_arguments_does_not_change_the_settings_tag() -> None:
+    """The journal stores `--api-key ***`; the live engine has the key: one tag for both."""
+    from vramphysics.physics_db import settings_tag
+
+    live = {"extra_args": ["--kv-cache-dtype", "fp8", "--api-key", "s3cret"]}
+    stored = {"extra_args": ["--kv-cache-dtype", "fp8", "--api-key", "***"]}
+    rotated = {"extra_args": ["--kv-cache-dtype", "fp8", "--api-key", "other"]}
+    assert settings_tag(live) == settings_tag(stored) == settings_tag(rotated)

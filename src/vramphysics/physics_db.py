@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vramphysics.errors import ConfigError
+from vramphysics.redact import redact_args
 from vramphysics.yamlio import Located, dump_yaml, load_yaml
 
 SCHEMA_VERSION = 2
@@ -59,12 +60,19 @@ _FA_FLAGS = ("-fa", "--flash-attn", "--flash_attn")
 
 
 def memory_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that change memory, without unset values (None, empty lists)."""
-    return {
+    """The settings that change memory, without unset values (None, empty lists).
+
+    Extra arguments are taken with secret values masked (`--api-key ***`), as the journal and
+    the database store them: a live engine's settings and its stored calibration then give the
+    same tag, and a rotated key does not change it."""
+    mem = {
         k: settings[k]
         for k in MEMORY_SETTING_KEYS
         if k in settings and settings[k] is not None and settings[k] != []
     }
+    if isinstance(mem.get("extra_args"), list):
+        mem["extra_args"] = redact_args([str(a) for a in mem["extra_args"]])
+    return mem
 
 
 def settings_hash(settings: Mapping[str, Any]) -> str:
@@ -184,8 +192,9 @@ class PhysicsEntry:
 
     @property
     def settings_known(self) -> bool:
-        """False for an entry whose memory settings were never recorded (one written by hand)."""
-        return bool(memory_settings(self.settings))
+        """False for an entry that records no settings at all (one written by hand); a
+        calibration of ours always records its engine's settings, defaults included."""
+        return bool(self.settings)
 
     @property
     def key(self) -> tuple[str, str, str, str, str]:

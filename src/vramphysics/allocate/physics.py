@@ -123,8 +123,11 @@ def physics_from_theory(theory: Theory, n_seq: int | None = None) -> Physics:
 def _choose_entry(
     own: Sequence[PhysicsEntry], engine: str, model: str, device: str, settings: str | None
 ) -> tuple[PhysicsEntry | None, str]:
-    """The entry to plan from, or None and why none (an error when settings are ambiguous)."""
-    tags = sorted({e.settings_tag for e in own})
+    """The entry to plan from, or None and why none (an error when settings are ambiguous).
+    Entries written by hand (no settings recorded) do not count as other settings beside a
+    calibration: they only stand in when nothing else matches."""
+    known = [e for e in own if e.settings_known]
+    tags = sorted({e.settings_tag for e in (known or own)})
     if not own:
         return None, f"{engine} / {model} was never calibrated on {device}"
     if settings is not None:
@@ -146,7 +149,7 @@ def _choose_entry(
             f"{engine} / {model} was calibrated on {device} with {len(tags)} different "
             f"settings: {'; '.join(tags)}; choose one (e.g. --settings kv=q8_0 or its #hash)"
         )
-    return _best_probe(own), ""
+    return _best_probe(known or own), ""
 
 
 def resolve_physics(

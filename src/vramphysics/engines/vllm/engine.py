@@ -41,7 +41,7 @@ from vramphysics.engines.vllm.log import (
 )
 from vramphysics.engines.vllm.models import download_snapshot, validate_model_name
 from vramphysics.errors import EngineError
-from vramphysics.redact import redact
+from vramphysics.redact import redact, redact_args
 from vramphysics.setups import ModelSpec
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class VllmEngine(Engine):
             "port": self.cfg.port,
             "launcher": launcher,
             "gpus": self.cfg.gpus,
-            "extra_args": [redact(a) for a in self.cfg.extra_args],
+            "extra_args": redact_args(self.cfg.extra_args),
             "env_keys": sorted(self.cfg.env),
             "cpu_kvcache_space_gib": list(self.cfg.cpu_kvcache_space_gib),
             "default_gpu_memory_utilization": self.cfg.default_gpu_memory_utilization,
