@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,49 @@ def test_the_tiny_sliding_window_model_is_a_gemma2(tmp_path: Path) -> None:
     assert "output.weight" in {t.name for t in plain.tensors}
     with pytest.raises(ValueError, match="sliding_window must be >= 1"):
         write_tiny_gguf(tmp_path / "bad.gguf", sliding_window=0)
+
+
+def _printing_engine(tmp_path: Path, **cfg: object) -> LlamaCppEngine:
+    """An engine whose 'server' prints its CUDA_VISIBLE_DEVICES and exits."""
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "m.gguf").write_bytes(b"")
+    script = "import os; print('CVD=%r' % os.environ.get('CUDA_VISIBLE_DEVICES'), flush=True)"
+    config = LlamaCppConfig(
+        command=[sys.executable, "-c", script], model_dir=tmp_path / "models", port="auto", **cfg
+    )
+    return LlamaCppEngine(config, state_dir=tmp_path / "state", log_dir=tmp_path / "logs")
+
+
+def test_a_start_runs_on_the_chosen_gpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """engines.llamacpp.gpus reaches the server as CUDA_VISIBLE_DEVICES, and the probe is told."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    for gpus, seen, indices in (([1, 2], "'1,2'", (1, 2)), ("all", "'3'", None)):
+        engine = _printing_engine(tmp_path, gpus=gpus)
+        assert engine.gpu_indices() == indices
+        engine.start(parse_model_id("llamacpp:m.gguf"), 512)
+        deadline = time.monotonic() + 20
+        while f"CVD={seen}" not in engine.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"CVD={seen}" in engine.log_tail()
+        engine.stop()
+        engine.close()
+
+
+def test_a_full_state_folder_is_not_reported_as_the_engine_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while recording the started process stays an OSError (the runner says the disk
+    is full and how to resume) rather than `start_failed: cannot run llama-server`."""
+    import errno
+
+    from vramphysics.engines.llamacpp import engine as engine_module
+
+    def full(*_a: object, **_k: object) -> object:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine_module, "ManagedProcess", full)
+    engine = _printing_engine(tmp_path)
+    with pytest.raises(OSError, match="No space") as info:
+        engine.start(parse_model_id("llamacpp:m.gguf"), 512)
+    assert not isinstance(info.value, EngineError)
+    engine.close()

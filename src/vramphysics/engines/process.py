@@ -8,6 +8,7 @@ so nothing that is not ours is ever signalled.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from vramphysics.errors import EngineError
 log = logging.getLogger(__name__)
 
 _PROCS = "procs"
+# errnos of a full disk or quota: our own folders are full, which no engine can mend
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from vramphysics.engines.base import (
     MemoryComponents,
     ResidentModel,
 )
+from vramphysics.engines.gpus import gpu_env, pinned_indices
 from vramphysics.engines.llamacpp.command import (
     API_KEY_VARIABLES,
     base_command,
@@ -33,7 +34,7 @@ from vramphysics.engines.llamacpp.command import (
 from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.engines.llamacpp.log import components_from_log
 from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
-from vramphysics.engines.process import ManagedProcess, read_tail
+from vramphysics.engines.process import DISK_FULL, ManagedProcess, read_tail
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.setups import ModelSpec
 
@@ -79,7 +80,12 @@ class LlamaCppEngine(Engine):
             "n_gpu_layers": self.cfg.n_gpu_layers,
             "launcher": " ".join(base_command(self.cfg, llama_server=self._uses_llama_server)),
             "extra_args": list(self.cfg.extra_args),
+            "gpus": self.cfg.gpus,
         }
+
+    def gpu_indices(self) -> tuple[int, ...] | None:
+        """engines.llamacpp.gpus: the GPUs its server sees (CUDA_VISIBLE_DEVICES)."""
+        return pinned_indices(self.cfg.gpus)
 
     def model_path(self, spec: ModelSpec) -> Path:
         return resolve_model_path(spec.name, self.cfg.model_dir)
@@ -116,9 +122,12 @@ class LlamaCppEngine(Engine):
                 argv,
                 log_path=log_path,
                 label=f"llamacpp {spec.raw} ctx={ctx}",
+                env=gpu_env(self.cfg.gpus, docker=False),
                 state_dir=self.state_dir,
             )
         except OSError as exc:
+            if exc.errno in DISK_FULL:  # our own state folder is full: not the engine's fault
+                raise
             raise EngineError(
                 "start_failed", f"cannot run {argv[0]!r}: {exc.strerror}", model_id=spec.raw
             ) from exc

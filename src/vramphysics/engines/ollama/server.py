@@ -16,7 +16,7 @@ from vramphysics.engines.gpus import gpu_env, pinned_indices
 from vramphysics.engines.ollama import api
 from vramphysics.engines.ollama.config import OllamaConfig
 from vramphysics.engines.ollama.log import components_since, log_size
-from vramphysics.engines.process import ManagedProcess
+from vramphysics.engines.process import DISK_FULL, ManagedProcess
 from vramphysics.errors import EngineError
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ class OllamaServer:
                 state_dir=self._owner.state_dir,
             )
         except OSError as exc:
+            if exc.errno in DISK_FULL:  # our own state folder is full: not the engine's fault
+                raise
             raise EngineError(
                 "start_failed",
                 f"cannot run {argv[0]!r} ({exc.strerror}): install Ollama or set engines.ollama.command",

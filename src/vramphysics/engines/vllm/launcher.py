@@ -27,7 +27,7 @@ from typing import Any
 
 from vramphysics import hf_cache
 from vramphysics.engines.gpus import gpu_env
-from vramphysics.engines.process import ManagedProcess
+from vramphysics.engines.process import DISK_FULL, ManagedProcess
 from vramphysics.engines.vllm import args as vllm_args
 from vramphysics.engines.vllm.args import (
     MANAGED_LABEL,
@@ -195,6 +195,8 @@ class NativeLauncher(Launcher):
                 state_dir=self.state_dir,
             )
         except OSError as exc:
+            if exc.errno in DISK_FULL:  # our own state folder is full: not the engine's fault
+                raise
             raise EngineError(
                 "start_failed", f"cannot run {argv[0]!r}: {exc.strerror}", model_id=launch.spec.raw
             ) from exc
