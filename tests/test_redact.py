@@ -281,3 +281,16 @@ def test_a_line_logged_during_the_sweep_is_masked(
     err = capsys.readouterr().err
     assert "ctx=512: *** with --api-key ***" in err
     assert "key-9876543210" not in err and "sk-sweep-0001" not in err
+
+
+def test_a_malformed_log_call_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    """With redaction installed, `log.warning("%s %s", x)` must not crash the caller (logging
+    itself would only print an error): the message is kept as written, masked."""
+    import logging
+
+    from vramphysics.redact import install_log_redaction
+
+    install_log_redaction()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("vramphysics.test").warning("token %s %s", "only-one")
+    assert "token %s %s" in caplog.text and "only-one" in caplog.text

@@ -102,7 +102,11 @@ class RedactingFilter(logging.Filter):
     """A logging filter that masks secrets in every message (and in its traceback text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed call, e.g. log.warning("%s %s", x):
+            message = f"{record.msg} {record.args!r}"  # logged as written, never raised
+        record.msg = redact(message)
         record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

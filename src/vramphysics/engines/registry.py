@@ -76,6 +76,11 @@ class EngineInfo:
     bare_names: bool = False  # a bare `name:tag` or `org/name` model ID is this engine's
     uses_physics_db: bool = False  # its starts are sized from the physics database (vLLM)
 
+    def __post_init__(self) -> None:
+        # a plugin may pass lists: keep the record hashable (config models are cached by it)
+        object.__setattr__(self, "prefixes", tuple(self.prefixes))
+        object.__setattr__(self, "probes", tuple(self.probes))
+
     def engine_class(self) -> type[Engine]:
         """The Engine subclass, imported now."""
         module = importlib.import_module(self.engine_module)
@@ -93,7 +98,13 @@ def _builtin(package: str) -> EngineInfo:
 def _plugins() -> list[EngineInfo]:
     found = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        info = ep.load()
+        try:
+            info = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a plugin's import may raise anything: name it
+            raise ConfigError(
+                f"the engine plugin {ep.name!r} ({ep.value}, entry point group "
+                f"{ENTRY_POINT_GROUP}) cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(info, EngineInfo):
             raise ConfigError(
                 f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP} is not an "
@@ -143,3 +154,17 @@ def match_prefix(model_id: str) -> tuple[EngineInfo, str] | None:
 def bare_name_engine() -> EngineInfo | None:
     """The engine a bare `name:tag` or `org/name` ID belongs to (Ollama), if one claims them."""
     return next((i for i in engines() if i.bare_names), None)
+
+
+def lazy_exports(package: str, homes: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module `__getattr__` for an engine package: `homes` maps each public name to the
+    module that defines it, imported on first use, so that reading the package's `ENGINE`
+    declaration imports none of the engine's code."""
+
+    def getattr_(name: str) -> Any:
+        home = homes.get(name)
+        if home is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(home), name)
+
+    return getattr_

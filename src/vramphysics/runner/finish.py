@@ -29,11 +29,13 @@ _TMP_GRACE_S = 1.0  # a process record is written in microseconds: an older temp
 
 
 def _check_writable(folder: Path, what: str) -> None:
+    probe = folder / f".write-test-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_text("ok", encoding="utf-8")
-        probe.unlink()
+        try:
+            probe.write_text("ok", encoding="utf-8")
+        finally:  # created but not written (a full disk): not left behind
+            probe.unlink(missing_ok=True)
     except OSError as exc:
         state = "full" if exc.errno in _FULL else "not writable"
         raise ConfigError(f"{what} folder is {state}: {exc.strerror}", path=folder) from exc

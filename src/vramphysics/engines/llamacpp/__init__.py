@@ -10,12 +10,11 @@ The engine and its helpers are imported on first use, so that `import vramphysic
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vramphysics.engines.llamacpp.advice import advice
 from vramphysics.engines.llamacpp.config import LlamaCppConfig
-from vramphysics.engines.registry import EngineInfo
+from vramphysics.engines.registry import EngineInfo, lazy_exports
 
 if TYPE_CHECKING:
     from vramphysics.engines.llamacpp.command import resolve_model_path
@@ -41,8 +40,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+__getattr__ = lazy_exports(__name__, _HOMES)
