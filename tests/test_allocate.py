@@ -27,7 +27,7 @@ from vramphysics.allocate import (
 from vramphysics.engines.vllm.advice import docker_command, vllm_command
 from vramphysics.errors import ConfigError
 from vramphysics.physics_db import PhysicsEntry
-from vramphysics.probes import GpuInfo
+from vramphysics.probes import GpuInfo, device_label
 from vramphysics.theory import Theory
 
 GIB = 2**30
@@ -487,14 +487,15 @@ def test_device_memory_of_the_pinned_gpus() -> None:
     assert device_memory(gpus, (1,)) == DeviceMemory(
         "NVIDIA GeForce RTX 4090", 24 * GIB, 20 * GIB, (1,)
     )
-    # two GPUs: vLLM applies the utilization per GPU, so the smallest total and free bind
+    # two GPUs: the probe's label of the two and their summed total and free (not the
+    # smallest GPU's: a calibration over both is keyed and summed so)
     assert device_memory(gpus, (0, 1)) == DeviceMemory(
-        "NVIDIA GeForce RTX 4090", 24 * GIB, 20 * GIB, (0, 1)
+        f"{H100} + NVIDIA GeForce RTX 4090", 104 * GIB, 90 * GIB, (0, 1)
     )
-    assert device_memory(gpus, (0, 2)) == DeviceMemory(H100, 80 * GIB, 10 * GIB, (0, 2))
+    assert device_memory(gpus, (0, 2)) == DeviceMemory(f"2x {H100}", 160 * GIB, 80 * GIB, (0, 2))
     # not pinned: every visible GPU
     assert device_memory(gpus, None) == DeviceMemory(
-        "NVIDIA GeForce RTX 4090", 24 * GIB, 10 * GIB, (0, 1, 2)
+        f"{H100} + NVIDIA GeForce RTX 4090 + {H100}", 184 * GIB, 100 * GIB, (0, 1, 2)
     )
     # pinned to none (CPU), to a GPU NVML does not show, or no NVML: unknown
     assert device_memory(gpus, ()) is None
@@ -505,6 +506,18 @@ def test_device_memory_of_the_pinned_gpus() -> None:
         "NVIDIA GeForce RTX 4090", 24 * GIB, GIB, (1,)
     )
     assert device_memory([], None, assume_free_bytes=GIB) == DeviceMemory("cpu", GIB, GIB)
+
+
+def test_two_alike_pinned_gpus_are_named_and_summed_as_the_probe_does() -> None:
+    h200 = "NVIDIA H200"
+    gpus = [gpu(0, 141, 140, h200), gpu(1, 141, 130, h200), gpu(2, 24, 24, "NVIDIA L4")]
+    memory = device_memory(gpus, (0, 1))
+    assert memory == DeviceMemory("2x NVIDIA H200", 282 * GIB, 270 * GIB, (0, 1))
+    assert memory is not None and memory.name == device_label([h200, h200])
+    # the configured free figure stands for the two together
+    assert device_memory(gpus, (0, 1), assume_free_bytes=GIB) == DeviceMemory(
+        "2x NVIDIA H200", 282 * GIB, GIB, (0, 1)
+    )
 
 
 def test_an_entry_without_recorded_settings_stands_in_only_when_none_matches() -> None:

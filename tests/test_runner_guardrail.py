@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from vramphysics.config import Config, PathsConfig
+from vramphysics.config import Config, GuardrailConfig, PathsConfig
 from vramphysics.physics_db import PhysicsEntry, db_path, write_entries
 from vramphysics.probes import GpuInfo, NvmlStatus
 from vramphysics.records import Record, WarningRow
@@ -97,3 +98,51 @@ def test_the_calibration_with_the_engines_settings_is_used(
     assert run.records == []
     runner._guardrail(run, _engine("vllm", VLLM_SETTINGS, (1,)), SPEC, CTX, None)
     assert len([r for r in run.records if isinstance(r, WarningRow)]) == 1
+
+
+H200 = "NVIDIA H200"
+
+
+def test_a_start_over_two_alike_gpus_finds_its_calibration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the NVML probe of a start over GPUs 0 and 1 keys its points by "2x NVIDIA H200" and sums
+    # their memory; the guardrail must look the physics up by the same key and summed figures
+    two = (_gpu(0, H200, 141, 130), _gpu(1, H200, 141, 130))
+    # 250 GiB needed over both: vLLM reserves (250 / 282 + 0.05) x 282 GiB = 264 GiB > 260 free
+    entry = dataclasses.replace(_entry(250, VLLM_SETTINGS), device=f"2x {H200}")
+    write_entries(db_path(tmp_path), [entry])
+    run = _run(tmp_path, monkeypatch)
+    monkeypatch.setattr(runner, "nvml_status", lambda: NvmlStatus(True, "ok", two))
+    # no theory: without the calibration there would be no prediction and no warning
+    assert runner._guardrail(run, _engine("vllm", VLLM_SETTINGS, (0, 1)), SPEC, CTX, None)
+    (warning,) = [r for r in run.records if isinstance(r, WarningRow)]
+    assert f"on 2x {H200}" in warning.message and "(calibrated)" in warning.message
+    assert "vLLM would reserve" in warning.message
+    assert warning.free_bytes == 260 * GIB  # 130 GiB free on each
+
+
+def _no_nvml() -> NvmlStatus:
+    raise AssertionError("a start without a GPU must not be checked against NVML")
+
+
+def test_a_start_without_a_gpu_is_not_checked_against_gpu_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # llama.cpp with `gpus: none`: its calibration would not fit the 24 GiB free on GPU 0, but
+    # it runs in host memory, so NVML's free GPU memory says nothing about it
+    settings = {"n_gpu_layers": -1, "extra_args": []}
+    cpu = dataclasses.replace(_entry(68, settings, engine="llamacpp"), device="cpu")
+    write_entries(db_path(tmp_path), [_entry(68, settings, engine="llamacpp"), cpu])
+    run = _run(tmp_path, monkeypatch)
+    run.cfg = run.cfg.model_copy(update={"guardrail": GuardrailConfig(skip_if_no_fit=True)})
+    monkeypatch.setattr(runner, "nvml_status", _no_nvml)
+    engine = _engine("llamacpp", settings, ())
+    assert runner._guardrail(run, engine, SPEC, CTX, None) is True
+    assert run.records == []
+    # with an assumed free figure the start is checked against it, on the device "cpu"
+    guard = GuardrailConfig(assume_free_gib=32, skip_if_no_fit=True)
+    run.cfg = run.cfg.model_copy(update={"guardrail": guard})
+    assert runner._guardrail(run, engine, SPEC, CTX, None) is False
+    (warning,) = [r for r in run.records if isinstance(r, WarningRow)]
+    assert "on cpu" in warning.message and warning.free_bytes == 32 * GIB

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from vramphysics.allocate.formula import format_bytes
 from vramphysics.errors import ConfigError
+from vramphysics.probes import device_label
 
 if TYPE_CHECKING:
     from vramphysics.probes import GpuInfo
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class DeviceMemory:
-    """The memory a start can use: the GPUs it is pinned to, the name physics is keyed by,
-    and the total and free bytes that bind (the smallest GPU's)."""
+    """The memory a start can use: the GPUs it is pinned to, the name physics is keyed by (the
+    NVML probe's device label, e.g. `2x NVIDIA H200`), and their total and free bytes, summed."""
 
     name: str
     total_bytes: int
@@ -32,10 +33,14 @@ def device_memory(
 ) -> DeviceMemory | None:
     """The device figures of a start pinned to `pinned` (None: every visible GPU; (): none).
 
-    vLLM applies its utilization to each GPU's own total, so with several GPUs the smallest
-    total (and the smallest free figure) binds; its name keys the physics. `assume_free_bytes`
-    replaces the free figure (and stands in for the total without a GPU). None when nothing
-    is known: no GPU figures and no assumption, or a pinned GPU that is not visible.
+    The name is the NVML probe's label of the chosen GPUs (`probes.device_label`: the GPU's
+    name, `2x NAME` for two alike, else `A + B`) and the total and free bytes are summed over
+    them, as the probe sums their used memory: a calibration made on those GPUs is keyed and
+    sized alike. The GPUs of one start are taken as alike: vLLM applies its utilization to each
+    GPU's own total, and for alike GPUs summed need / summed total is that same fraction.
+    `assume_free_bytes` replaces the free figure (and stands in for the total without a GPU).
+    None when nothing is known: no GPU figures and no assumption, or a pinned GPU that is not
+    visible.
     """
     chosen = [g for g in visible if pinned is None or g.index in pinned]
     if pinned is not None and len(chosen) != len(set(pinned)):
@@ -44,11 +49,10 @@ def device_memory(
         if assume_free_bytes is None:
             return None
         return DeviceMemory("cpu", assume_free_bytes, assume_free_bytes)
-    binding = min(chosen, key=lambda g: (g.total_bytes, g.index))
-    free = min(g.free_bytes for g in chosen)
+    free = sum(g.free_bytes for g in chosen)
     return DeviceMemory(
-        name=binding.name,
-        total_bytes=binding.total_bytes,
+        name=device_label([g.name for g in chosen]),
+        total_bytes=sum(g.total_bytes for g in chosen),
         free_bytes=free if assume_free_bytes is None else assume_free_bytes,
         gpu_indices=tuple(g.index for g in chosen),
     )

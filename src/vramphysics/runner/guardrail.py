@@ -60,13 +60,27 @@ def _device_memory(run: _Run, gpus: tuple[int, ...] | None) -> DeviceMemory | No
     return device_memory(visible, gpus, assume_free_bytes=assume)
 
 
+def _start_memory(run: _Run, engine: Engine, spec: ModelSpec) -> DeviceMemory | None:
+    """The memory a start is checked against. A start without a GPU (`gpus: none`, known before
+    it starts from `engine.gpu_indices() == ()`) is never checked against NVML's free GPU
+    memory: `guardrail.assume_free_gib` stands in when set, else there is nothing to check."""
+    gpus = _probe_gpus(run, engine)
+    if gpus != ():
+        return _device_memory(run, gpus)
+    assume = run.cfg.guardrail.assume_free_gib
+    if assume is None:
+        log.debug("%s: runs without a GPU and no guardrail.assume_free_gib: not checked", spec.raw)
+        return None
+    return device_memory((), (), assume_free_bytes=int(assume * GIB))
+
+
 def _guardrail(run: _Run, engine: Engine, spec: ModelSpec, ctx: int, theory: Theory | None) -> bool:
     """Warn (and skip, when configured) before a start predicted not to fit in free memory,
     by the engine's rule: vLLM reserves utilization x total up front, the others allocate
     what they need. The prediction comes from the calibration with the engine's settings."""
     if not run.cfg.guardrail.enabled:
         return True
-    memory = _device_memory(run, _probe_gpus(run, engine))
+    memory = _start_memory(run, engine, spec)
     if memory is None:
         return True  # no device memory figure: nothing to compare with
     predicted = _prediction(run, engine, spec, ctx, theory, memory)
