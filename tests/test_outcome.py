@@ -448,3 +448,39 @@ def test_a_point_spilled_to_the_cpu_gives_a_warning_beside_the_model() -> None:
     (warning,) = row.warnings
     assert warning.ctx == 512
     assert warning.message == "spilled to the CPU at ctx 512 (4.00 of 6.00 GiB on the GPU)"
+
+
+def test_the_device_total_of_several_gpus_is_their_sum() -> None:
+    from vramphysics.outcome import _device_total
+    from vramphysics.probes import device_label, device_names
+    from vramphysics.records import RunHeader
+
+    gib = 2**30
+    devices = [
+        {"name": "NVIDIA H200", "total_bytes": 141 * gib},
+        {"name": "NVIDIA H200", "total_bytes": 141 * gib},
+        {"name": "NVIDIA L4", "total_bytes": 24 * gib},
+    ]
+    header = RunHeader(
+        run_id="r",
+        started_at="t",
+        host="h",
+        platform="p",
+        python="3",
+        git_commit="c",
+        tool_version="0",
+        config_path="c.yaml",
+        setups_path="s.yaml",
+        setups=[],
+        probe="nvml",
+        probe_reason="",
+        devices=devices,
+        driver="570",
+        sweep_contexts=[512],
+        argv=[],
+    )
+    assert device_names(device_label(["NVIDIA H200", "NVIDIA H200"])) == ["NVIDIA H200"] * 2
+    assert _device_total(header, "2x NVIDIA H200") == 282 * gib
+    assert _device_total(header, "NVIDIA H200 + NVIDIA L4") == 165 * gib
+    assert _device_total(header, "NVIDIA L4") == 24 * gib
+    assert _device_total(header, "3x NVIDIA H200") is None

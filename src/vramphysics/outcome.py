@@ -13,6 +13,7 @@ from typing import Any
 
 from vramphysics.calibrate import Fit, NotEnoughPoints, fit_linear
 from vramphysics.physics_db import PhysicsEntry
+from vramphysics.probes import device_names
 from vramphysics.records import (
     BenchResult,
     CalibrationPoint,
@@ -237,13 +238,18 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
 
 
 def _device_total(header: RunHeader | None, device: str) -> int | None:
+    """The device's total from the run header; for a label of several GPUs (`2x NAME`), the sum
+    of as many of the header's GPUs of that name (None when any is missing)."""
     if header is None:
         return None
+    totals: dict[str, list[int]] = {}
     for d in header.devices:
-        if d.get("name") == device:
-            total = d.get("total_bytes")
-            return int(total) if total is not None else None
-    return None
+        if d.get("total_bytes") is not None:
+            totals.setdefault(str(d.get("name")), []).append(int(d["total_bytes"]))
+    names = device_names(device)
+    if any(len(totals.get(n, [])) < names.count(n) for n in set(names)):
+        return None
+    return sum(sum(totals[n][: names.count(n)]) for n in set(names))
 
 
 def engine_kv_fit(points: list[CalibrationPoint]) -> Fit:

@@ -161,6 +161,14 @@ def device_label(names: Sequence[str]) -> str:
     return " + ".join(names)
 
 
+def device_names(label: str) -> list[str]:
+    """The GPU names a `device_label` stands for: `2x NAME` -> [NAME, NAME], `A + B` -> [A, B]."""
+    count, x, name = label.partition("x ")
+    if x and count.isdigit() and int(count) > 1:
+        return [name] * int(count)
+    return label.split(" + ")
+
+
 class Probe:
     """Something that reads a memory figure now. Subclasses set `name`, `device` and metrics.
 

@@ -53,8 +53,9 @@ class KvBudget:
         return list(self.calibration)
 
     def gpu(self) -> DeviceMemory | None:
-        """The GPU(s) vLLM's utilization refers to: those the start is pinned to, the smallest
-        binding (vLLM applies the utilization to each GPU's own total). None without NVML."""
+        """The GPU(s) vLLM's utilization refers to: those the start is pinned to, named and
+        summed as the NVML probe does (alike GPUs: the same fraction of each). None without
+        NVML."""
         if not self._gpu_checked:
             self._gpu_checked = True
             if self.cfg.gpus != "none":
