@@ -26,6 +26,10 @@ from vramphysics.probes import (
 
 log = logging.getLogger(__name__)
 
+# What a probe read may raise when the thing it reads fails (NVML, a process gone): counted,
+# never fatal, in the sampling thread; at the baseline, the start fails (`calibrate`).
+READ_ERRORS: tuple[type[BaseException], ...] = (ProbeReadError, psutil.Error, OSError)
+
 
 def pick_trace(
     traces: Sequence[MemoryTrace], reason: str, *, device_resident: bool | None, source: str
@@ -110,7 +114,7 @@ class Recorder:
     def sample_now(self) -> None:
         try:
             value = self.probe.read()
-        except (ProbeReadError, psutil.Error, OSError) as exc:
+        except READ_ERRORS as exc:
             self.errors += 1
             log.debug("probe read failed: %s", exc)
             return
@@ -129,7 +133,7 @@ class Recorder:
             self._denied = f"{self.probe.exact_metric} denied ({exc}): steady value in {self.probe.series_metric}"
             log.warning("%s probe: %s", self.probe.name, self._denied)
             return
-        except (ProbeReadError, psutil.Error, OSError) as exc:
+        except READ_ERRORS as exc:
             self.errors += 1
             log.debug("exact probe read failed: %s", exc)
             return
