@@ -303,6 +303,34 @@ def test_the_sampling_thread_survives_nvml_errors(fake_nvml: FakeNvml) -> None:
     assert trace.steady_bytes == GIB
 
 
+def test_the_sampling_thread_survives_an_unexpected_error_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a bug in a probe (not a read error it knows): the old thread died at the first one, and
+    # the last sample of stop() raised the second one into the caller
+    probe = FakeProbe([RuntimeError("bug in the probe"), RuntimeError("again"), 100])
+    rec = Recorder(probe, 0.01)
+    with caplog.at_level("WARNING", logger="vramphysics.recorder"):
+        rec.start()
+        deadline = time.monotonic() + 5
+        while (len(probe.values) > 1 or len(rec._samples) < 3) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        trace = rec.stop()
+    assert trace.errors == 2
+    assert len(trace.samples) >= 4 and trace.samples[-1].used_bytes == 100  # it went on
+    warnings = [r for r in caplog.records if "unexpected error while sampling" in r.getMessage()]
+    assert len(warnings) == 1 and "bug in the probe" in warnings[0].getMessage()
+    assert warnings[0].exc_info is not None  # the traceback, for the bug report
+
+
+def test_a_failed_baseline_read_raises_for_the_caller(fake_nvml: FakeNvml) -> None:
+    probe = NvmlProbe((0,))
+    fake_nvml.fail_reads = 1
+    with pytest.raises(ProbeReadError, match="GPU is lost"):
+        Recorder(probe, 0.01).baseline()  # calibrate turns it into a failed start
+    probe.close()
+
+
 # --------------------------------------------------------------------------- the process tree
 
 

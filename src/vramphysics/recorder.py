@@ -85,10 +85,14 @@ class Recorder:
         self._t0 = 0.0
         self._baseline = 0
         self._lock = threading.Lock()
+        self._unexpected_logged = False
         self.errors = 0
 
     def baseline(self) -> int:
-        """Read the probe once before the engine starts (NVML: memory used by others)."""
+        """Read the probe once before the engine starts (NVML: memory used by others).
+
+        A failed read raises (one of `READ_ERRORS`): without a baseline the start cannot be
+        measured, and the caller fails it."""
         self._baseline = self.probe.read() if self.probe.series_metric == DEVICE_USED else 0
         return self._baseline
 
@@ -99,10 +103,25 @@ class Recorder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._tick()
+            self._stop.wait(self.interval_s)
+
+    def _tick(self) -> None:
+        """One sample (and an exact read when due); whatever a read raises is counted."""
+        try:
             self.sample_now()
             if self._exact_due():
                 self.exact_now()
-            self._stop.wait(self.interval_s)
+        except Exception as exc:  # noqa: BLE001 - a sampling thread must not die silently
+            self.errors += 1
+            if not self._unexpected_logged:
+                self._unexpected_logged = True
+                log.warning(
+                    "%s probe: unexpected error while sampling (counted, sampling goes on): %r",
+                    self.probe.name,
+                    exc,
+                    exc_info=exc,
+                )
 
     def _exact_due(self) -> bool:
         with self._lock:
