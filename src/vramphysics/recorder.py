@@ -19,6 +19,7 @@ from vramphysics.probes import (
     DEVICE_USED,
     MemoryTrace,
     MetricDenied,
+    NvmlStatus,
     Probe,
     ProbeReadError,
     Sample,
@@ -56,6 +57,27 @@ def pick_trace(
     if device_resident:
         return nv, f"NVML on {nv.device}: {source} reports the buffers on the GPU"
     return proc, f"process tree: {source} reports the buffers in host memory (NVML not used)"
+
+
+def run_probe_rule(prefer: str, status: NvmlStatus, gpu_index: int | None) -> tuple[str, str]:
+    """The run header's probe and reason: the rule every start follows (`probes_for`, then
+    `pick_trace`), not one probe. `status`: NVML as the run found it; `gpu_index`: the configured
+    `probes.gpu_index`, None when the config does not set it."""
+    unpinned = f"GPU {gpu_index}" if gpu_index is not None else "every GPU NVML sees"
+    gpus = f"each engine's GPUs (those it is pinned to; not pinned: {unpinned})"
+    if prefer == "process":
+        return "process", "configured: the process tree of each engine"
+    if status.available and status.gpus:
+        if prefer == "nvml":
+            return "nvml", f"configured: NVML over {gpus}"
+        return "nvml or process", (
+            f"auto: NVML over {gpus}, unless the engine reports its buffers in host memory: "
+            "then its process tree"
+        )
+    why = status.reason if not status.available else "NVML sees no GPU"
+    if prefer == "nvml":
+        return "process", f"configured: NVML, unavailable ({why}): the process tree of each engine"
+    return "process", f"auto: the process tree of each engine ({why})"
 
 
 class Recorder:
