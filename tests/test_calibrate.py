@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,8 +18,12 @@ from vramphysics.calibrate import (
     fit_linear,
     measure_point,
 )
+from vramphysics.config import Config, SweepConfig
 from vramphysics.engines.base import Availability, Completion, Engine, MemoryComponents
-from vramphysics.probes import DEVICE_USED, PSS, RSS, Probe, ProbeChoice
+from vramphysics.errors import EngineError
+from vramphysics.probes import DEVICE_USED, PSS, RSS, Probe, ProbeChoice, ProbeReadError
+from vramphysics.records import CalibrationPoint, StatusRow
+from vramphysics.runner import model_step
 from vramphysics.setups import ModelSpec, parse_model_id
 
 CONTEXTS = (512, 1024, 2048, 4096, 8192)
@@ -186,6 +192,7 @@ class _Engine(Engine):
         super().__init__(state_dir=Path("."), log_dir=Path("."))
         self.resident = resident
         self.ctx = 0
+        self.starts: list[int] = []
 
     def version(self) -> str:
         return "fake"
@@ -194,6 +201,7 @@ class _Engine(Engine):
         return Availability(True, "here")
 
     def start(self, spec: ModelSpec, ctx: int) -> None:
+        self.starts.append(ctx)
         self.ctx = ctx
 
     def wait_ready(self) -> None:
@@ -220,8 +228,8 @@ class _Engine(Engine):
 class _EngineProbe(Probe):
     """NVML watching an idle GPU (flat), or a process tree that grows 4 kB per token."""
 
-    def __init__(self, engine: _Engine, *, gpu: bool) -> None:
-        self.engine, self.gpu = engine, gpu
+    def __init__(self, engine: _Engine, *, gpu: bool, lost: bool = False) -> None:
+        self.engine, self.gpu, self.lost = engine, gpu, lost
         self.name = "nvml" if gpu else "process"
         self.device = "FAKE H100" if gpu else "cpu"
         self.series_metric = DEVICE_USED if gpu else RSS
@@ -229,6 +237,8 @@ class _EngineProbe(Probe):
         self.closed = False
 
     def read(self) -> int:
+        if self.lost:
+            raise ProbeReadError("NVML read failed: GPU is lost")
         if self.gpu:
             return 500 * 2**20  # what the desktop uses; the engine is not on the GPU
         return 70_000_000 + self.engine.ctx * 4096 + 1_000_000  # RSS: a little more than PSS
@@ -292,3 +302,66 @@ def test_a_single_probe_still_works_as_before() -> None:
     )
     assert point.probe == "process" and point.measured_bytes == 70_000_000 + 1024 * 4096
     assert trace.exact_bytes and point.probe_reason == "process"
+
+
+def _lost_gpu_choice(engine: _Engine) -> ProbeChoice:
+    return ProbeChoice(
+        (_EngineProbe(engine, gpu=True, lost=True), _EngineProbe(engine, gpu=False)), "NVML or tree"
+    )
+
+
+def test_a_failed_baseline_read_fails_the_start_before_the_engine_starts() -> None:
+    engine = _Engine(True)
+    choice = _lost_gpu_choice(engine)
+    with pytest.raises(EngineError) as err:
+        measure_point(
+            engine,
+            parse_model_id("llamacpp:tiny.gguf"),
+            1024,
+            make_probe=lambda e: choice,
+            interval_s=0.01,
+            settle_s=0.0,
+            warmup_tokens=1,
+        )
+    assert err.value.kind == "probe_failed" and err.value.model_id == "llamacpp:tiny.gguf"
+    assert "baseline" in err.value.message and "GPU is lost" in err.value.message
+    assert engine.starts == []  # never started: nothing left running
+    assert all(p.closed for p in choice.probes)
+
+
+def test_the_sweep_records_a_failed_baseline_as_a_failed_context_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the NVML baseline read fails at the first context only; it used to end the run (exit 3)
+    engine = _Engine(False)
+    made: list[ProbeChoice] = []
+
+    def factory(run: Any) -> Any:
+        def make(e: Engine) -> ProbeChoice:
+            made.append(
+                _lost_gpu_choice(engine)
+                if not made
+                else ProbeChoice((_EngineProbe(engine, gpu=False),), "process")
+            )
+            return made[-1]
+
+        return make
+
+    monkeypatch.setattr(model_step, "_make_probe_factory", factory)
+    monkeypatch.setattr(model_step, "_guardrail", lambda *a: True)
+    records: list[Any] = []
+    run = SimpleNamespace(
+        cfg=Config(sweep=SweepConfig(settle_s=0.0)),
+        progress=SimpleNamespace(set_description=lambda d: None, update=lambda n: None),
+        record=records.append,
+        point_done=lambda model, ctx: False,
+        bench_done=lambda model: True,
+    )
+    spec = parse_model_id("llamacpp:tiny.gguf")
+    n_failed = model_step._sweep(run, engine, spec, [512, 1024, 2048], None)  # type: ignore[arg-type]
+    assert n_failed == 1 and engine.starts == [1024, 2048]
+    failed, *points = records
+    assert isinstance(failed, StatusRow) and failed.status == "FAILED"
+    assert (failed.failure_kind, failed.ctx) == ("probe_failed", 512)
+    assert "GPU is lost" in failed.reason
+    assert [p.ctx for p in points if isinstance(p, CalibrationPoint)] == [1024, 2048]

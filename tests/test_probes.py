@@ -35,7 +35,7 @@ from vramphysics.probes import (
     nvml_status,
     probes_for,
 )
-from vramphysics.recorder import Recorder, pick_trace, summarize
+from vramphysics.recorder import Recorder, pick_trace, run_probe_rule, summarize
 
 MIB = 2**20
 GIB = 2**30
@@ -303,6 +303,34 @@ def test_the_sampling_thread_survives_nvml_errors(fake_nvml: FakeNvml) -> None:
     assert trace.steady_bytes == GIB
 
 
+def test_the_sampling_thread_survives_an_unexpected_error_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a bug in a probe (not a read error it knows): the old thread died at the first one, and
+    # the last sample of stop() raised the second one into the caller
+    probe = FakeProbe([RuntimeError("bug in the probe"), RuntimeError("again"), 100])
+    rec = Recorder(probe, 0.01)
+    with caplog.at_level("WARNING", logger="vramphysics.recorder"):
+        rec.start()
+        deadline = time.monotonic() + 5
+        while (len(probe.values) > 1 or len(rec._samples) < 3) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        trace = rec.stop()
+    assert trace.errors == 2
+    assert len(trace.samples) >= 4 and trace.samples[-1].used_bytes == 100  # it went on
+    warnings = [r for r in caplog.records if "unexpected error while sampling" in r.getMessage()]
+    assert len(warnings) == 1 and "bug in the probe" in warnings[0].getMessage()
+    assert warnings[0].exc_info is not None  # the traceback, for the bug report
+
+
+def test_a_failed_baseline_read_raises_for_the_caller(fake_nvml: FakeNvml) -> None:
+    probe = NvmlProbe((0,))
+    fake_nvml.fail_reads = 1
+    with pytest.raises(ProbeReadError, match="GPU is lost"):
+        Recorder(probe, 0.01).baseline()  # calibrate turns it into a failed start
+    probe.close()
+
+
 # --------------------------------------------------------------------------- the process tree
 
 
@@ -429,6 +457,57 @@ def test_choose_probe_keeps_its_signature(fake_nvml: FakeNvml) -> None:
     assert isinstance(probe, NvmlProbe) and probe.indices == (1,) and "GPU 1" in why
     probe, why = choose_probe("auto", lambda: None, 0, _status(0))
     assert probe.name == "process"
+
+
+@pytest.mark.parametrize(
+    ("prefer", "n_gpus", "gpu_index", "probe", "words"),
+    [
+        ("auto", 2, None, "nvml or process", "auto: NVML over each engine's GPUs"),
+        ("auto", 2, 1, "nvml or process", "not pinned: GPU 1"),
+        ("auto", 0, None, "process", "auto: the process tree of each engine (NVML unavailable"),
+        ("nvml", 1, None, "nvml", "configured: NVML over each engine's GPUs"),
+        ("nvml", 0, None, "process", "configured: NVML, unavailable (NVML unavailable"),
+        ("process", 2, None, "process", "configured: the process tree of each engine"),
+    ],
+)
+def test_the_run_header_states_the_rule_of_every_start(
+    prefer: str, n_gpus: int, gpu_index: int | None, probe: str, words: str
+) -> None:
+    name, why = run_probe_rule(prefer, _status(n_gpus), gpu_index)
+    assert name == probe and words in why
+    if prefer == "auto" and n_gpus:
+        assert "every GPU NVML sees" in why or "GPU 1" in why
+        assert "host memory: then its process tree" in why
+    assert "GPU 0" not in why  # no start was ever pinned to GPU 0 by the header
+
+
+def test_the_run_header_of_a_status_with_no_gpu_does_not_say_ok() -> None:
+    name, why = run_probe_rule("auto", NvmlStatus(True, "ok"), None)
+    assert name == "process" and why == "auto: the process tree of each engine (NVML sees no GPU)"
+
+
+def test_the_runner_writes_the_rule_into_the_run_header(tmp_path: Path) -> None:
+    from vramphysics.config import Config
+    from vramphysics.records import RunHeader
+    from vramphysics.runner import orchestrate
+
+    records: list[object] = []
+    run = SimpleNamespace(
+        cfg=Config(),
+        run_id="r1",
+        done=[],
+        nvml=_status(2),  # a fake NVML that answers, with two GPUs
+        probe_prefer="auto",
+        engines={},
+        journal=SimpleNamespace(close=lambda: None),
+        record=records.append,
+    )
+    args = argparse.Namespace(config=tmp_path / "c.yaml", setups=tmp_path / "s.yaml")
+    assert orchestrate._run_models(run, args, []) is None  # type: ignore[arg-type]
+    (header,) = records
+    assert isinstance(header, RunHeader) and header.probe == "nvml or process"
+    assert header.probe_reason.startswith("auto: NVML over each engine's GPUs")
+    assert "every GPU NVML sees" in header.probe_reason and "GPU 0" not in header.probe_reason
 
 
 def _trace(probe: str, metric: str, steady: int) -> MemoryTrace:

@@ -18,8 +18,9 @@ from typing import Any
 from scipy import stats
 
 from vramphysics.engines.base import Engine, MemoryComponents
+from vramphysics.errors import EngineError
 from vramphysics.probes import MemoryTrace, Probe, ProbeChoice
-from vramphysics.recorder import Recorder, pick_trace
+from vramphysics.recorder import READ_ERRORS, Recorder, pick_trace
 from vramphysics.records import CalibrationPoint
 from vramphysics.setups import ModelSpec
 
@@ -161,8 +162,7 @@ def _start_and_settle(
 ) -> StartTimes:
     """Baseline, start, ready, warm-up, mark and settle, with every recorder running; the
     caller stops the recorders whatever happens."""
-    for r in recorders:
-        r.baseline()
+    _baselines(recorders, spec)
     t0 = time.monotonic()
     engine.start(spec, ctx)
     for r in recorders:
@@ -176,6 +176,21 @@ def _start_and_settle(
     time.sleep(settle_s)
     engine.check_alive()
     return StartTimes(launch_s=t0, ready_s=t_ready - t0, warmup_s=t_warm - t_ready)
+
+
+def _baselines(recorders: list[Recorder], spec: ModelSpec) -> None:
+    """Every recorder's baseline, read before the engine starts. A failed read fails this start
+    (EngineError `probe_failed`, the engine not started), not the run."""
+    for r in recorders:
+        try:
+            r.baseline()
+        except READ_ERRORS as exc:
+            raise EngineError(
+                "probe_failed",
+                f"baseline read of the {r.probe.name} probe on {r.probe.device} failed before "
+                f"the start, so the start was not measured: {exc}",
+                model_id=spec.raw,
+            ) from exc
 
 
 def context_part_error(fit: Fit, ctx: int, measured_bytes: float) -> float:

@@ -67,6 +67,7 @@ FAILURE_KINDS = (
     "request_failed",
     "unauthorized",  # the engine wants an API key we do not send (HTTP 401/403)
     "port_in_use",  # another process holds the port our engine must listen on
+    "probe_failed",  # the memory probe could not be read before the start (e.g. an NVML error)
     "interrupted",
     "other",
 )

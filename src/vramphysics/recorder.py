@@ -19,12 +19,17 @@ from vramphysics.probes import (
     DEVICE_USED,
     MemoryTrace,
     MetricDenied,
+    NvmlStatus,
     Probe,
     ProbeReadError,
     Sample,
 )
 
 log = logging.getLogger(__name__)
+
+# What a probe read may raise when the thing it reads fails (NVML, a process gone): counted,
+# never fatal, in the sampling thread; at the baseline, the start fails (`calibrate`).
+READ_ERRORS: tuple[type[BaseException], ...] = (ProbeReadError, psutil.Error, OSError)
 
 
 def pick_trace(
@@ -54,6 +59,27 @@ def pick_trace(
     return proc, f"process tree: {source} reports the buffers in host memory (NVML not used)"
 
 
+def run_probe_rule(prefer: str, status: NvmlStatus, gpu_index: int | None) -> tuple[str, str]:
+    """The run header's probe and reason: the rule every start follows (`probes_for`, then
+    `pick_trace`), not one probe. `status`: NVML as the run found it; `gpu_index`: the configured
+    `probes.gpu_index`, None when the config does not set it."""
+    unpinned = f"GPU {gpu_index}" if gpu_index is not None else "every GPU NVML sees"
+    gpus = f"each engine's GPUs (those it is pinned to; not pinned: {unpinned})"
+    if prefer == "process":
+        return "process", "configured: the process tree of each engine"
+    if status.available and status.gpus:
+        if prefer == "nvml":
+            return "nvml", f"configured: NVML over {gpus}"
+        return "nvml or process", (
+            f"auto: NVML over {gpus}, unless the engine reports its buffers in host memory: "
+            "then its process tree"
+        )
+    why = status.reason if not status.available else "NVML sees no GPU"
+    if prefer == "nvml":
+        return "process", f"configured: NVML, unavailable ({why}): the process tree of each engine"
+    return "process", f"auto: the process tree of each engine ({why})"
+
+
 class Recorder:
     """Samples a probe in a background thread from `start()` until `stop()`.
 
@@ -81,10 +107,14 @@ class Recorder:
         self._t0 = 0.0
         self._baseline = 0
         self._lock = threading.Lock()
+        self._unexpected_logged = False
         self.errors = 0
 
     def baseline(self) -> int:
-        """Read the probe once before the engine starts (NVML: memory used by others)."""
+        """Read the probe once before the engine starts (NVML: memory used by others).
+
+        A failed read raises (one of `READ_ERRORS`): without a baseline the start cannot be
+        measured, and the caller fails it."""
         self._baseline = self.probe.read() if self.probe.series_metric == DEVICE_USED else 0
         return self._baseline
 
@@ -95,10 +125,25 @@ class Recorder:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._tick()
+            self._stop.wait(self.interval_s)
+
+    def _tick(self) -> None:
+        """One sample (and an exact read when due); whatever a read raises is counted."""
+        try:
             self.sample_now()
             if self._exact_due():
                 self.exact_now()
-            self._stop.wait(self.interval_s)
+        except Exception as exc:  # noqa: BLE001 - a sampling thread must not die silently
+            self.errors += 1
+            if not self._unexpected_logged:
+                self._unexpected_logged = True
+                log.warning(
+                    "%s probe: unexpected error while sampling (counted, sampling goes on): %r",
+                    self.probe.name,
+                    exc,
+                    exc_info=exc,
+                )
 
     def _exact_due(self) -> bool:
         with self._lock:
@@ -110,7 +155,7 @@ class Recorder:
     def sample_now(self) -> None:
         try:
             value = self.probe.read()
-        except (ProbeReadError, psutil.Error, OSError) as exc:
+        except READ_ERRORS as exc:
             self.errors += 1
             log.debug("probe read failed: %s", exc)
             return
@@ -129,7 +174,7 @@ class Recorder:
             self._denied = f"{self.probe.exact_metric} denied ({exc}): steady value in {self.probe.series_metric}"
             log.warning("%s probe: %s", self.probe.name, self._denied)
             return
-        except (ProbeReadError, psutil.Error, OSError) as exc:
+        except READ_ERRORS as exc:
             self.errors += 1
             log.debug("exact probe read failed: %s", exc)
             return

@@ -27,7 +27,8 @@ from vramphysics.config import Config, load_config
 from vramphysics.engines.process import kill_leftovers
 from vramphysics.errors import ConfigError, Interrupted
 from vramphysics.journal import Journal, journal_path, latest_run_id, read_journal
-from vramphysics.probes import choose_probe, nvml_status
+from vramphysics.probes import nvml_status
+from vramphysics.recorder import run_probe_rule
 from vramphysics.records import Record, RunHeader
 from vramphysics.redact import add_redacting_filter, install_log_redaction, redact
 from vramphysics.runner.finish import (
@@ -234,9 +235,9 @@ def _run_models(
     """Every chosen model in turn; engines stopped and the journal closed whatever happens.
     Returns why the sweep stopped early (a full disk), or None."""
     cfg = run.cfg
-    probe, why = choose_probe(cfg.probes.prefer, lambda: None, cfg.probes.gpu_index, run.nvml)
-    probe_name = probe.name
-    probe.close()
+    # the header states the rule each start follows (its own probes, `guardrail._probe_gpus`)
+    gpu_index = cfg.probes.gpu_index if "gpu_index" in cfg.probes.model_fields_set else None
+    probe_name, why = run_probe_rule(run.probe_prefer, run.nvml, gpu_index)
     stopped: str | None = None  # why the sweep stopped early: a full disk
     try:
         if not any(isinstance(r, RunHeader) for r in run.done):
