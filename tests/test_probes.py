@@ -30,7 +30,6 @@ from vramphysics.probes import (
     Probe,
     ProbeReadError,
     ProcessTreeProbe,
-    choose_probe,
     device_label,
     nvml_status,
     probes_for,
@@ -450,13 +449,6 @@ def test_a_gpu_that_vanished_since_the_status_falls_back_to_the_process_tree(
 ) -> None:
     choice = probes_for("auto", lambda: None, (3,), _status(2))
     assert [p.name for p in choice.probes] == ["process"] and "index 3" in choice.reason
-
-
-def test_choose_probe_keeps_its_signature(fake_nvml: FakeNvml) -> None:
-    probe, why = choose_probe("auto", lambda: None, 1, _status(2))
-    assert isinstance(probe, NvmlProbe) and probe.indices == (1,) and "GPU 1" in why
-    probe, why = choose_probe("auto", lambda: None, 0, _status(0))
-    assert probe.name == "process"
 
 
 @pytest.mark.parametrize(

@@ -371,24 +371,6 @@ def _gpus_text(indices: Sequence[int]) -> str:
     return f"GPU {indices[0]}" if len(indices) == 1 else f"GPUs {', '.join(map(str, indices))}"
 
 
-def choose_probe(
-    prefer: str,
-    root_pid: Callable[[], int | None],
-    gpu_index: int = 0,
-    status: NvmlStatus | None = None,
-) -> tuple[Probe, str]:
-    """The run's default probe: NVML when a GPU answers (unless `process` is preferred), else the
-    process tree. Each start then chooses its own (`probes_for`, `pick_trace`).
-
-    `status`: an NVML status already taken (the runner queries it once per run).
-    Returns the probe and a sentence saying why it was chosen.
-    """
-    choice = probes_for(prefer, root_pid, (gpu_index,), status)
-    for extra in choice.probes[1:]:
-        extra.close()
-    return choice.probes[0], choice.reason
-
-
 @dataclass(frozen=True)
 class ProbeChoice:
     """The probes recorded through one start and why; `pick_trace` keeps one after the start."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vramphysics.errors import FAILURE_KINDS
+
 # Number formats show the unit beside the figure, so a cell copied elsewhere still says it.
 F_GIB = '0.000 "GiB"'
 F_MIB = '0.0 "MiB"'
@@ -195,7 +197,7 @@ FAILURE_COLUMNS = (
     Column("Context (tokens)", "The step's context (empty: the whole model)", 12, F_TOKENS),
     Column(
         "Kind",
-        "timeout, engine_crashed, start_failed, kv_too_small, cuda_oom, insufficient_free_memory, model_not_found, download_failed, request_failed, other",
+        ", ".join(FAILURE_KINDS),
         18,
     ),
     Column("Reason", "The engine's message", 50),
