@@ -165,12 +165,7 @@ def bench_charts(s: ModelSeries, bench: Worksheet, rows: Range) -> list[ScatterC
 
 
 def _grid(ws: Worksheet, bands: int) -> None:
-    """Set every column and row the charts sit on, so their places are known exactly; print
-    the sheet landscape, one page wide."""
-    ws.page_setup.orientation = "landscape"
-    ws.page_setup.fitToWidth = 1
-    ws.page_setup.fitToHeight = 0
-    ws.sheet_properties.pageSetUpPr.fitToPage = True
+    """Set every column and row the charts sit on, so their places are known exactly."""
     for c in range(1, SLOT_COLS * CHARTS_PER_BAND + 1):
         ws.column_dimensions[get_column_letter(c)].width = GRID_COL_WIDTH
     for r in range(1, bands * BAND_ROWS + 1):

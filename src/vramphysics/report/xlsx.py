@@ -185,10 +185,6 @@ def answer_sheet(wb: Workbook, answers: tuple[AnswerRow, ...]) -> Worksheet:
     """The first sheet: one answer per model, coloured by status, each figure commented."""
     ws = write_sheet(wb, "Answer", ANSWER_COLUMNS, answer_table(answers))
     wb.move_sheet(ws, offset=-len(wb.sheetnames) + 1)
-    ws.page_setup.orientation = "landscape"  # printed: one page wide
-    ws.page_setup.fitToWidth = 1
-    ws.page_setup.fitToHeight = 0
-    ws.sheet_properties.pageSetUpPr.fitToPage = True
     fill_status(ws, 4, ok_fill=FILL_OK)
     headers = [c.header for c in ANSWER_COLUMNS]
     for r, a in enumerate(answers, start=2):
@@ -266,8 +262,18 @@ def build_workbook(
         write_sheet(wb, sheet.title, sheet.columns, sheet.rows)
     answer_sheet(wb, answers)
     add_charts(wb, all_series(outcome), point_ranges, bench_ranges)
+    for ws in wb.worksheets:
+        print_one_page_wide(ws)
     wb.active = 0
     return wb
+
+
+def print_one_page_wide(ws: Worksheet) -> None:
+    """Printed (or converted to PDF) landscape, one page wide, as many pages long as it takes."""
+    ws.page_setup.orientation = "landscape"
+    ws.page_setup.fitToWidth = 1
+    ws.page_setup.fitToHeight = 0
+    ws.sheet_properties.pageSetUpPr.fitToPage = True
 
 
 def write_report(
