@@ -68,6 +68,7 @@ FAILURE_KINDS = (
     "unauthorized",  # the engine wants an API key we do not send (HTTP 401/403)
     "port_in_use",  # another process holds the port our engine must listen on
     "probe_failed",  # the memory probe could not be read before the start (e.g. an NVML error)
+    "unreachable",  # nothing answers at a server URL we were given (`bench --url`)
     "interrupted",
     "other",
 )

@@ -115,6 +115,116 @@ class BenchResult(Record):
 
 
 @dataclass(frozen=True)
+class Stats:
+    """The distribution of one figure over a cell's measured requests (ITL: over every gap of
+    every request). Percentiles interpolate linearly between order statistics, as numpy's
+    default and `vllm bench serve` do. All None when `n` is 0."""
+
+    n: int
+    mean: float | None = None
+    std: float | None = None  # population standard deviation (numpy's default, as vllm)
+    min: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    max: float | None = None
+
+
+STATS_FIELDS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+
+
+@dataclass(frozen=True)
+class BenchRequest(Record):
+    """One benchmark request, as it went (the README defines every figure).
+
+    `phase`: "cold" (the first request after the engine was ready), "warmup" (discarded),
+    "measured". Times in ms; `start_s` is when it was sent, from the start of its cell's window.
+    """
+
+    kind: ClassVar[str] = "request"
+    model: str
+    engine: str
+    ctx: int
+    cell: str  # the cell's ID, e.g. "p1024-o64-c1"
+    phase: str
+    index: int
+    prompt_tokens_target: int
+    output_tokens_target: int
+    concurrency: int
+    ok: bool
+    error: str = ""
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    token_source: str = ""
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+    itl_ms: list[float] = field(default_factory=list)
+    start_s: float | None = None
+    finish_reason: str | None = None
+    engine_prefill_tokens_per_s: float | None = None
+    at: str = ""
+
+
+@dataclass(frozen=True)
+class BenchCell(Record):
+    """One benchmark cell: engine x model x context x prompt tokens x concurrency, aggregated
+    over its measured requests, with the memory sampled while they ran.
+
+    Throughputs are over the window from the first measured request sent to the last one done.
+    `load_s` (start -> ready) and `cold_ttft_ms` (the first request after ready) belong to the
+    start the cell ran on and are never mixed into the warm figures.
+    """
+
+    kind: ClassVar[str] = "bench_cell"
+    model: str
+    engine: str
+    ctx: int
+    cell: str
+    prompt_tokens_target: int
+    output_tokens_target: int
+    concurrency: int
+    warm_prefix: bool  # `#warm`: one prompt repeated on purpose (prefix cache allowed)
+    n_measured: int
+    n_failed: int
+    prompt_tokens: float | None  # mean, by the engine's own count
+    output_tokens: float | None
+    token_source: str
+    ttft_ms: Stats
+    tpot_ms: Stats
+    itl_ms: Stats
+    e2e_ms: Stats
+    window_s: float | None
+    request_throughput_per_s: float | None
+    output_throughput_tokens_per_s: float | None
+    decode_tokens_per_s: float | None  # 1 / mean TPOT
+    prefill_tokens_per_s: float | None  # mean prompt tokens / mean TTFT
+    engine_prefill_tokens_per_s: float | None  # the engine's own figure, mean, where it has one
+    load_s: float | None
+    cold_ttft_ms: float | None
+    cold_prompt_tokens: int | None
+    peak_bytes: int | None  # while the cell's requests ran, above the pre-start baseline
+    steady_bytes: int | None  # median of the samples while they ran
+    predicted_bytes: float | None  # the calibration's prediction for this start's context
+    memory_metric: str
+    probe: str
+    device: str
+    engine_version: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # what was adjusted: a clipped prompt length, concurrency held to 1, ...
+    at: str = ""
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BenchCell:
+        d = dict(d)
+        for name in STATS_FIELDS:
+            value = d.get(name)
+            if isinstance(value, dict):
+                d[name] = Stats(**value)
+        return super().from_json(d)
+
+
+@dataclass(frozen=True)
 class StatusRow(Record):
     """The outcome of one model (or of one step of it, when `ctx` is set)."""
 
@@ -147,7 +257,16 @@ class WarningRow(Record):
 
 RECORD_TYPES: dict[str, type[Record]] = {
     cls.kind: cls
-    for cls in (RunHeader, ModelInfo, CalibrationPoint, BenchResult, StatusRow, WarningRow)
+    for cls in (
+        RunHeader,
+        ModelInfo,
+        CalibrationPoint,
+        BenchResult,
+        BenchCell,
+        BenchRequest,
+        StatusRow,
+        WarningRow,
+    )
 }
 
 

@@ -44,7 +44,25 @@ class Usage:
 
     prompt_tokens: int | None
     completion_tokens: int | None
-    source: str  # "engine-usage" (usage object), "engine-tokenizer" (engine's own tokenizer)
+    # where the counts come from: "engine-usage" (the engine's usage object / Ollama's counts),
+    # "engine-timings" (llama-server `timings`), "engine-length" (the engine stopped at
+    # max_tokens: finish_reason "length"), "engine-tokenizer" (the engine's own tokenizer on the
+    # text), "none"
+    source: str
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One timed benchmark request: a prompt and the exact number of tokens to produce.
+
+    `exact`: ask the engine to produce exactly `output_tokens` however the model wants to stop
+    (vLLM `min_tokens` + `ignore_eos`, llama.cpp `min_tokens`/`ignore_eos`, Ollama `num_predict`),
+    so that every request of a cell decodes the same number of tokens. Timed requests never ask
+    for `logprobs` (they make the engine compute a softmax per token and slow the decode)."""
+
+    prompt: str
+    output_tokens: int
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,10 @@ class Completion:
     usage: Usage
     n_chunks: int
     engine_timings: Mapping[str, float] = field(default_factory=dict)
+    # the arrival time of every content event (a chunk with non-empty text, `delta.content`,
+    # `delta.reasoning_content` or Ollama `message.thinking`), in order; first = first_text_s
+    content_times_s: tuple[float, ...] = ()
+    finish_reason: str | None = None  # the engine's own: "length", "stop", ...
 
     @property
     def ttft_ms(self) -> float | None:
@@ -171,9 +193,33 @@ class Engine(abc.ABC):
     def complete(self, prompt: str, max_tokens: int) -> Completion:
         """One streamed completion, timed; usage from the engine."""
 
-    def warm_up(self, max_tokens: int = 4) -> None:
-        """A short request, so that lazy allocations happen before we measure."""
-        self.complete("Hello", max_tokens)
+    def warm_up(self, max_tokens: int = 4) -> Completion:
+        """A short request, so that lazy allocations happen before we measure. It is the first
+        request after the engine is ready: its TTFT is the benchmark's cold TTFT."""
+        return self.complete("Hello", max_tokens)
+
+    # -- benchmarks ----------------------------------------------------------------------------
+    def generate(self, request: GenRequest) -> Completion:
+        """One timed benchmark request (no logprobs; exactly `output_tokens` when `exact`),
+        with the engine's own token counts and the time of every content event."""
+        raise EngineError("other", f"{self.name} cannot run benchmark requests")
+
+    def count_prompt_tokens(self, text: str) -> int:
+        """The prompt tokens a `generate` of `text` will be counted as by the engine itself
+        (its tokenizer, special tokens and chat template included)."""
+        raise EngineError("other", f"{self.name} cannot count tokens")
+
+    def max_concurrency(self) -> tuple[int | None, str]:
+        """How many requests this engine serves at once (None: no limit we know of), and why
+        when it is limited (e.g. "llama-cpp-python's server serializes requests")."""
+        return None, ""
+
+    def attach(self, url: str, model: str) -> None:
+        """Talk to a server someone else runs at `url`, serving `model`: no start, and `stop`
+        and `close` leave it running. EngineError `unreachable` (one line naming the URL) when
+        nothing answers there, `model_not_found` (naming the models it serves) for a wrong name.
+        """
+        raise EngineError("other", f"{self.name} cannot attach to a running server")
 
     def gpu_indices(self) -> tuple[int, ...] | None:
         """The GPUs (NVML indices) this engine's starts are pinned to; None: not pinned, it may use
