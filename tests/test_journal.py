@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_data import a_cell, a_request
 
 from vramphysics import journal as journal_mod
 from vramphysics.errors import ConfigError
@@ -91,6 +92,8 @@ def one_of_each() -> list[Record]:
             device="cpu",
             engine_version="b1234",
         ),
+        a_cell(),
+        a_request(),
         StatusRow(
             model="ol_x:1",
             engine="ollama",
@@ -114,7 +117,16 @@ def one_of_each() -> list[Record]:
 
 def test_every_record_kind_is_covered() -> None:
     assert {type(r) for r in one_of_each()} == set(RECORD_TYPES.values())
-    assert set(RECORD_TYPES) == {"run", "model", "point", "bench", "status", "warning"}
+    assert set(RECORD_TYPES) == {
+        "run",
+        "model",
+        "point",
+        "bench",
+        "bench_cell",
+        "request",
+        "status",
+        "warning",
+    }
 
 
 def test_append_and_read_back_every_kind(tmp_path: Path) -> None:
@@ -143,6 +155,8 @@ def test_append_and_read_back_every_kind(tmp_path: Path) -> None:
         "model",
         "point",
         "bench",
+        "bench_cell",
+        "request",
         "status",
         "warning",
     ]
