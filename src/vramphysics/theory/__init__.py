@@ -18,6 +18,9 @@ safetensors readers); everything else is a pure function over plain values.
 
 Modules: `common` (the Theory record, cache dtypes, the formula), `gguf`, `hf` (config.json),
 `ollama` (/api/show), `safetensors` (weights bytes) and `load` (one entry point for the CLI).
+The vision side: `vision` (the prompt tokens an image or a video becomes, from the processor's
+settings), `vision_load` (those settings from preprocessor_config.json and friends) and
+`vision_weights` (the vision tower's bytes vs the language model's, from the headers).
 """
 
 from vramphysics.theory.common import KV_DTYPES, Theory, kv_dtype_bytes, resolve_kv_dtype
