@@ -31,7 +31,9 @@ FAKE_TOKEN = "<fake_token_around_image>"
 GLOBAL_TOKEN = "<global-img>"
 END_OF_UTTERANCE = "<end_of_utterance>"
 _GRID = 6
-_ROW_COL_TOKENS = tuple(f"<row_{r}_col_{c}>" for r in range(1, _GRID + 1) for c in range(1, _GRID + 1))
+_ROW_COL_TOKENS = tuple(
+    f"<row_{r}_col_{c}>" for r in range(1, _GRID + 1) for c in range(1, _GRID + 1)
+)
 _SPECIALS = ("<unk>", "<s>", "</s>")
 _WORDS = ("user", "assistant", "Describe", "this", "image", "picture", "the", "a", "in", "words")
 
