@@ -40,7 +40,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise ConfigError(f"must be a positive number of tokens, got {args.ctx}", key="--ctx")
     if args.num_parallel < 1:
         raise ConfigError(f"must be >= 1, got {args.num_parallel}", key="--num-parallel")
-    vision = _vision(args)  # its options are checked before any file is read
+    vision = _vision(args)  # the vision options are checked before the model is read
     theory = load_theory(
         hf_config=args.hf_config,
         gguf=args.gguf,
