@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_data import a_cell
 
 from vramphysics.bench import StartFacts, bench_plan, run_bench
 from vramphysics.bench.cells import run_cell
@@ -22,6 +23,7 @@ from vramphysics.records import BenchCell, BenchRequest, Record, StatusRow, Warn
 from vramphysics.setups import ModelSpec
 
 IDLE = 100_000_000
+TOKENS_PER_IMAGE = 42
 BUSY = 150_000_000
 
 
@@ -88,7 +90,8 @@ class _Engine(Engine):
                 last_text_s=times[-1],
                 end_s=time.monotonic(),
                 usage=Usage(
-                    prompt_tokens=self.count_prompt_tokens(request.prompt),
+                    prompt_tokens=self.count_prompt_tokens(request.prompt)
+                    + TOKENS_PER_IMAGE * len(request.media),
                     completion_tokens=request.output_tokens,
                     source="engine-usage",
                 ),
@@ -222,7 +225,7 @@ def test_resume_skips_finished_cells_and_the_deadline_stops_new_ones() -> None:
         output_tokens=4,
         concurrency=[1, 2],
     )
-    plan = bench_plan(cfg, engine, 1024, warm=False, finished={"p32-o4-c1"})
+    plan = bench_plan(cfg, engine, 1024, warm=False, finished=[a_cell(cell="p32-o4-c1")])
     assert [c.cell for c in plan.pending] == ["p64-o4-c1", "p96-o4-c1"]  # c2 held to 1
     records: list[Record] = []
     run_bench(
@@ -256,3 +259,29 @@ def test_the_cell_record_round_trips() -> None:
     assert BenchCell.from_json(cell.to_json()) == cell
     with pytest.raises(TypeError):
         BenchCell.from_json({"model": "x"})
+
+
+def test_media_cells_carry_fresh_images_and_measure_tokens_per_image() -> None:
+    engine = _Engine()
+    cfg = BenchConfig(
+        prompt_tokens=[64],
+        repetitions=2,
+        warmup_requests=1,
+        output_tokens=4,
+        images=[{"count": 1, "width": 64, "height": 48}, {"count": 4, "width": 32, "height": 32}],
+    )
+    plan = bench_plan(cfg, engine, 1024, warm=False)
+    assert [c.cell for c in plan.cells] == ["p64-o4-c1", "p64-o4-c1-i1x64x48", "p64-o4-c1-i4x32x32"]
+    cells = run_bench(engine, cfg, plan, facts=FACTS, memory=None, record=lambda r: None)
+    text, one, four = cells
+    assert text.media == "" and text.media_tokens_per_item is None
+    assert (one.media, one.media_kind, one.media_count) == ("1 image 64x48", "image", 1)
+    assert (four.media_width, four.media_height, four.media_count) == (32, 32, 4)
+    assert one.media_tokens_per_item == TOKENS_PER_IMAGE == four.media_tokens_per_item
+    sent = [r.media for r in engine.requests if r.media]
+    assert [len(m) for m in sent] == [1, 1, 1, 4, 4, 4]
+    blobs = [item.data for m in sent for item in m]
+    assert len(set(blobs)) == len(blobs)  # every image is new: no cache can hit
+    assert all(
+        item.mime == "image/jpeg" and item.data[:2] == b"\xff\xd8" for m in sent for item in m
+    )

@@ -92,7 +92,7 @@ def test_a_run_benchmarks_a_grid_with_memory_during_the_requests(
     assert phases.count("cold") == 1
     assert phases.count("warmup") == 2 * 2 and phases.count("measured") == 5 * 2
     assert all(r["ok"] and r["finish_reason"] == "length" for r in requests if r["phase"] != "cold")
-    assert (tmp_path / "rep").glob("*.bench.json")
+    assert list((tmp_path / "rep").glob("*.bench.json"))
 
 
 @pytest.fixture

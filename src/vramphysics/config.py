@@ -83,6 +83,24 @@ class ProbeConfig(StrictModel):
     gpu_index: int = Field(0, ge=0)
 
 
+class ImageCell(StrictModel):
+    """`bench.images[]`: cells whose every request carries `count` images of this size."""
+
+    count: int = Field(1, ge=1)
+    width: int = Field(ge=1, le=16384)
+    height: int = Field(ge=1, le=16384)
+
+
+class VideoCell(StrictModel):
+    """`bench.videos[]`: cells whose every request carries `count` videos of this shape."""
+
+    count: int = Field(1, ge=1)
+    width: int = Field(ge=1, le=8192)
+    height: int = Field(ge=1, le=8192)
+    frames: int = Field(ge=1, le=4096)
+    fps: float = Field(1.0, gt=0, le=240)
+
+
 class BenchConfig(StrictModel):
     """`bench:`, the benchmark grid of every model (README: "Benchmark figures").
 
@@ -101,6 +119,10 @@ class BenchConfig(StrictModel):
     repetitions: int = Field(5, ge=1, description="measured requests per cell (x concurrency)")
     warmup_requests: int = Field(2, ge=0, description="discarded requests per cell")
     concurrency: list[int] = Field([1], description="requests in flight at once")
+    images: list[ImageCell] = Field(
+        [], description="media cells: each entry adds cells with that many images per request"
+    )
+    videos: list[VideoCell] = Field([], description="media cells with videos (vLLM)")
     max_s_per_model: float | None = Field(
         None, gt=0, description="stop starting new cells of a model after this many seconds"
     )

@@ -9,6 +9,7 @@ requests ran.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from vramphysics.bench.media import MediaSpec, make_media
 from vramphysics.bench.metrics import RequestFigures, cell_figures, request_figures
 from vramphysics.bench.prompts import CellPrompts
 from vramphysics.bench.workload import CellPlan
@@ -132,12 +134,14 @@ def _run_phase(
 ) -> _Phase:
     """Send the requests of `indices`, `plan.concurrency` at a time; record each as it ends."""
     out = _Phase()
+    # made before the first is sent: encoding images is not the engine's time
+    requests = {
+        i: GenRequest(prompts.prompt(i), plan.output_tokens, media=make_media(plan.media, i))
+        for i in indices
+    }
     t_window = time.monotonic()
     with ThreadPoolExecutor(max_workers=plan.concurrency, thread_name_prefix="bench") as pool:
-        futures = [
-            pool.submit(_send, engine, GenRequest(prompts.prompt(i), plan.output_tokens), i)
-            for i in indices
-        ]
+        futures = [pool.submit(_send, engine, requests[i], i) for i in indices]
         for future in as_completed(futures):
             sent = future.result()
             rec, figures = _request_record(facts, plan, sent, phase, t_window)
@@ -161,8 +165,11 @@ def run_cell(
     facts: StartFacts,
     memory: MemoryWindow | None,
     record: Callable[[Record], None],
+    text_tokens: float | None = None,
 ) -> BenchCell:
-    """Warm-up, then the measured requests, then the cell's record (also recorded)."""
+    """Warm-up, then the measured requests, then the cell's record (also recorded).
+    `text_tokens`: the prompt tokens of the text-only cell of the same prompt, for a media cell
+    (its tokens per image or video)."""
     n_warm = warmup_requests * plan.concurrency
     n_meas = repetitions * plan.concurrency
     with tqdm(total=n_warm + n_meas, desc=plan.cell, leave=False, unit="req") as bar:
@@ -176,8 +183,29 @@ def run_cell(
     measured = done
     engine.check_alive()
     cell = _cell_record(plan, facts, measured, memory, n_meas)
+    cell = dataclasses.replace(cell, **_media_fields(plan.media, cell, text_tokens))
     record(cell)
     return cell
+
+
+def _media_fields(
+    media: MediaSpec | None, cell: BenchCell, text_tokens: float | None
+) -> dict[str, Any]:
+    if media is None:
+        return {}
+    per_item = None
+    if text_tokens is not None and cell.prompt_tokens is not None:
+        per_item = round((cell.prompt_tokens - text_tokens) / media.count, 3)
+    return {
+        "media": media.label,
+        "media_kind": media.kind,
+        "media_count": media.count,
+        "media_width": media.width,
+        "media_height": media.height,
+        "video_frames": media.frames if media.kind == "video" else None,
+        "video_fps": media.fps if media.kind == "video" else None,
+        "media_tokens_per_item": per_item,
+    }
 
 
 def _cell_record(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vramphysics.bench.cells import MemoryWindow, StartFacts, run_cell
@@ -23,11 +23,12 @@ class BenchPlan:
     """The cells a model gets at a context, and the ones a resumed run has already."""
 
     cells: tuple[CellPlan, ...]
-    done: frozenset[str]
+    finished: tuple[BenchCell, ...] = ()
 
     @property
     def pending(self) -> tuple[CellPlan, ...]:
-        return tuple(c for c in self.cells if c.cell not in self.done)
+        done = {c.cell for c in self.finished}
+        return tuple(c for c in self.cells if c.cell not in done)
 
 
 def bench_plan(
@@ -36,10 +37,11 @@ def bench_plan(
     ctx: int | None,
     *,
     warm: bool,
-    finished: Collection[str] = (),
+    finished: Sequence[BenchCell] = (),
 ) -> BenchPlan:
+    """The cells of the grid; `finished`: this model's cells at `ctx` done already (resume)."""
     cells = plan_cells(cfg, ctx, max_concurrency=engine.max_concurrency(), warm=warm)
-    return BenchPlan(tuple(cells), frozenset(finished))
+    return BenchPlan(tuple(cells), tuple(finished))
 
 
 def cold_request(facts: StartFacts, cold: Completion, output_tokens: int) -> BenchRequest:
@@ -107,11 +109,28 @@ def run_bench(
             facts=facts,
             memory=memory,
             record=record,
+            text_tokens=_text_tokens(cell_plan, [*plan.finished, *out]),
         )
         out.append(cell)
         if cell.n_measured == 0:
             record(_failed_cell(facts, cell))
     return out
+
+
+def _text_tokens(plan: CellPlan, cells: Sequence[BenchCell]) -> float | None:
+    """The prompt tokens of the text-only cell with the same prompt as a media cell."""
+    if plan.media is None:
+        return None
+    for c in cells:
+        if (
+            not c.media
+            and c.prompt_tokens_target == plan.prompt_tokens
+            and c.concurrency == plan.concurrency
+            and c.warm_prefix == plan.warm
+            and c.n_measured
+        ):
+            return c.prompt_tokens
+    return None
 
 
 def _failed_cell(facts: StartFacts, cell: BenchCell) -> StatusRow:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vramphysics.bench.media import MediaSpec
 from vramphysics.config import BenchConfig
 
 
@@ -23,6 +24,7 @@ class CellPlan:
     concurrency: int
     warm: bool
     note: str = ""
+    media: MediaSpec | None = None  # what each request carries beside the text
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,26 @@ class Grid:
         return BenchConfig.model_validate({**cfg.model_dump(), **update})
 
 
-def cell_id(prompt_tokens: int, output_tokens: int, concurrency: int, *, warm: bool) -> str:
-    return f"p{prompt_tokens}-o{output_tokens}-c{concurrency}" + ("-warm" if warm else "")
+def cell_id(
+    prompt_tokens: int,
+    output_tokens: int,
+    concurrency: int,
+    *,
+    warm: bool,
+    media: MediaSpec | None = None,
+) -> str:
+    media_part = media.suffix if media is not None else ""
+    return f"p{prompt_tokens}-o{output_tokens}-c{concurrency}{media_part}" + (
+        "-warm" if warm else ""
+    )
+
+
+def media_axis(cfg: BenchConfig) -> list[MediaSpec | None]:
+    """Text only, then each `bench.images` and `bench.videos` entry."""
+    out: list[MediaSpec | None] = [None]
+    out += [MediaSpec("image", i.count, i.width, i.height) for i in cfg.images]
+    out += [MediaSpec("video", v.count, v.width, v.height, v.frames, v.fps) for v in cfg.videos]
+    return out
 
 
 def _prompt_lengths(cfg: BenchConfig, ctx: int | None) -> list[tuple[int, str]]:
@@ -87,14 +107,16 @@ def plan_cells(
     for n, n_note in _prompt_lengths(cfg, ctx):
         for c, c_note in sorted(levels.items()):
             note = "; ".join(x for x in (n_note, c_note) if x)
-            cells.append(
-                CellPlan(
-                    cell=cell_id(n, cfg.output_tokens, c, warm=warm),
-                    prompt_tokens=n,
-                    output_tokens=cfg.output_tokens,
-                    concurrency=c,
-                    warm=warm,
-                    note=note,
+            for media in media_axis(cfg):
+                cells.append(
+                    CellPlan(
+                        cell=cell_id(n, cfg.output_tokens, c, warm=warm, media=media),
+                        prompt_tokens=n,
+                        output_tokens=cfg.output_tokens,
+                        concurrency=c,
+                        warm=warm,
+                        note=note,
+                        media=media,
+                    )
                 )
-            )
     return cells

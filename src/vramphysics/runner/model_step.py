@@ -153,11 +153,9 @@ def _sweep(
 
 def _bench_plan(run: _Run, engine: Engine, spec: ModelSpec, ctx: int) -> BenchPlan:
     """The benchmark cells of a model at its benchmark context, and those already done."""
-    finished = {
-        r.cell
-        for r in run.done
-        if isinstance(r, BenchCell) and r.model == spec.raw and r.ctx == ctx
-    }
+    finished = [
+        r for r in run.done if isinstance(r, BenchCell) and r.model == spec.raw and r.ctx == ctx
+    ]
     return bench_plan(run.cfg.bench, engine, ctx, warm=spec.warm, finished=finished)
 
 
