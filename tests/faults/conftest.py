@@ -152,7 +152,12 @@ class Workspace:
                 }
             },
             "sweep": {"contexts": CONTEXTS, "settle_s": 0.3, "min_points": 3},
-            "bench": {"max_tokens": 8},
+            "bench": {
+                "prompt_tokens": [32],
+                "output_tokens": 8,
+                "repetitions": 1,
+                "warmup_requests": 0,
+            },
             "probes": {"prefer": "process", "interval_ms": 50},
             "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
         }

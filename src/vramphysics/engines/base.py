@@ -52,6 +52,24 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class MediaItem:
+    """One image or video sent with a request, encoded (`mime`: image/jpeg, video/mp4)."""
+
+    kind: str  # "image" | "video"
+    mime: str
+    data: bytes
+    width: int
+    height: int
+    frames: int = 1
+    fps: float | None = None
+
+    def data_url(self) -> str:
+        import base64
+
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
+@dataclass(frozen=True)
 class GenRequest:
     """One timed benchmark request: a prompt and the exact number of tokens to produce.
 
@@ -63,6 +81,7 @@ class GenRequest:
     prompt: str
     output_tokens: int
     exact: bool = True
+    media: tuple[MediaItem, ...] = ()  # sent with the prompt, in the engine's own shape
 
 
 @dataclass(frozen=True)
