@@ -123,7 +123,7 @@ def test_the_llama_server_logprobs_content_shape_is_counted() -> None:
 
 def test_a_request_for_exactly_n_tokens_that_ends_by_length_has_n() -> None:
     events = [_text("one"), _text(" two three"), _text("", "length")]
-    counting = Counting(prompt=lambda: 7, text=lambda s: 100, exact_tokens=8)
+    counting = Counting(prompt=lambda: 7, text=lambda s: 100, max_tokens=8)
     with _client(events, []) as client:
         c = stream_completion(client, URL, {"prompt": "p"}, timeout_s=10, counting=counting)
     assert (c.usage.prompt_tokens, c.usage.completion_tokens) == (7, 8)
@@ -132,7 +132,7 @@ def test_a_request_for_exactly_n_tokens_that_ends_by_length_has_n() -> None:
 
 def test_a_request_that_stopped_early_is_counted_by_the_tokenizer() -> None:
     events = [_text("one"), _text(" two three", "stop")]
-    counting = Counting(prompt=lambda: 7, text=lambda s: len(s.split()), exact_tokens=8)
+    counting = Counting(prompt=lambda: 7, text=lambda s: len(s.split()), max_tokens=8)
     with _client(events, []) as client:
         c = stream_completion(client, URL, {"prompt": "p"}, timeout_s=10, counting=counting)
     assert (c.usage.completion_tokens, c.usage.source) == (3, "engine-tokenizer")

@@ -187,12 +187,13 @@ class Counting:
     """How to count a stream's tokens where the engine sends no usage and no timings.
 
     `prompt`: the engine's prompt-token count of the request (its tokenizer, as `generate`
-    sends it); `text`: its tokenizer on generated text; `exact_tokens`: the request asked for
-    exactly this many tokens, so a `finish_reason` of "length" means it produced them."""
+    sends it); `text`: its tokenizer on generated text; `max_tokens`: the request's limit, so
+    that a `finish_reason` of "length" means the engine produced exactly that many (with
+    `ignore_eos`/`min_tokens`, every request of a benchmark ends so)."""
 
     prompt: Callable[[], int | None] | None = None
     text: Callable[[str], int] | None = None
-    exact_tokens: int | None = None
+    max_tokens: int | None = None
 
 
 def stream_completion(
@@ -210,7 +211,7 @@ def stream_completion(
 
     Token counts, best first (`Usage.source` says which): the stream's usage object
     ("engine-usage"); llama-server's `timings` (`prompt_n`, `predicted_n`: "engine-timings");
-    `finish_reason` "length" on a request for exactly N tokens ("engine-length"); the tokens the
+    `finish_reason` "length": it stopped at `max_tokens` ("engine-length"); the tokens the
     engine lists in `logprobs` when someone asked for them ("engine-logprobs"); the engine's
     own tokenizer on the text ("engine-tokenizer"). `count_tokens` (the older form) counts both
     the prompt of a completions payload and the text.
@@ -280,8 +281,8 @@ def stream_usage(tally: _Tally, counting: Counting) -> Usage:
         return _timings_usage(tally.timings)
     prompt = counting.prompt() if counting.prompt is not None else None
     prompt_source = "engine-tokenizer" if prompt is not None else "none"
-    if counting.exact_tokens is not None and tally.finish_reason == "length":
-        return Usage(prompt, counting.exact_tokens, "engine-length", prompt_source)
+    if counting.max_tokens is not None and tally.finish_reason == "length":
+        return Usage(prompt, counting.max_tokens, "engine-length", prompt_source)
     if tally.n_logprob_tokens:
         return Usage(prompt, tally.n_logprob_tokens, "engine-logprobs", prompt_source)
     if counting.text is not None:
@@ -309,3 +310,41 @@ def _payload_prompt(
     if count_tokens is None or not isinstance(prompt, str):
         return None
     return lambda: count_tokens(prompt)
+
+
+# -- a server someone else runs (`bench --url`) ---------------------------------------------
+
+
+def served_models(client: httpx.Client, base_url: str) -> list[dict[str, Any]]:
+    """The entries of `GET /v1/models` at `base_url`: EngineError `unreachable` (one line naming
+    the URL) when nothing answers there, `request_failed` for an answer that is not a list."""
+    url = f"{base_url}/v1/models"
+    try:
+        r = client.get(url, timeout=10.0)
+    except httpx.TransportError as exc:
+        raise EngineError(
+            "unreachable", f"nothing answers at {base_url} ({type(exc).__name__})"
+        ) from exc
+    if r.status_code != 200:
+        raise EngineError("request_failed", f"HTTP {r.status_code} from {url}: {r.text[:200]}")
+    try:
+        data = r.json().get("data")
+    except (ValueError, AttributeError) as exc:
+        raise EngineError("request_failed", f"not a model list from {url}") from exc
+    if not isinstance(data, list):
+        raise EngineError("request_failed", f"not a model list from {url}: {r.text[:200]}")
+    return [m for m in data if isinstance(m, dict)]
+
+
+def pick_model(models: Sequence[dict[str, Any]], name: str, base_url: str) -> dict[str, Any]:
+    """The entry whose `id` is `name` (or, for a file path, whose file name or stem is):
+    EngineError `model_not_found` naming the models the server does serve otherwise."""
+    ids = [str(m.get("id", "")) for m in models]
+    for m, served in zip(models, ids, strict=True):
+        if name in (served, Path(served).name, Path(served).stem):
+            return m
+    raise EngineError(
+        "model_not_found",
+        f"the server at {base_url} does not serve {name!r}; it serves: "
+        + (", ".join(repr(i) for i in ids) or "nothing"),
+    )
