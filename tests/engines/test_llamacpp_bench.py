@@ -140,3 +140,20 @@ def test_attach_to_nothing_is_unreachable(tmp_path: Path, free_port: int) -> Non
     assert info.value.kind == "unreachable"
     assert url in str(info.value) and "\n" not in str(info.value)
     engine.close()
+
+
+def test_a_failed_tokenize_is_an_engine_error_naming_the_url(tmp_path: Path) -> None:
+    scripted = _llama_server([])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenize":
+            return httpx.Response(500, text="tokenizer exploded")
+        return scripted(request)
+
+    engine = _engine(tmp_path, handle)
+    engine.attach(BASE, "tiny-llama")
+    with pytest.raises(EngineError) as info:
+        engine.count_prompt_tokens("x")
+    assert info.value.kind == "request_failed"
+    assert f"{BASE}/tokenize" in info.value.message and "tokenizer exploded" in info.value.message
+    engine.close()

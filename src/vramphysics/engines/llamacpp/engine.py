@@ -234,13 +234,23 @@ class LlamaCppEngine(Engine):
             url, body = "/extras/tokenize", {"input": text}
         if self._served_model is not None and not self._llama_server_api:
             body["model"] = self._served_model
-        r = self._client.post(
-            f"{self.base_url}{url}", json=body, timeout=self.cfg.request_timeout_s
-        )
-        r.raise_for_status()
-        tokens = r.json().get("tokens")
+        try:
+            r = self._client.post(
+                f"{self.base_url}{url}", json=body, timeout=self.cfg.request_timeout_s
+            )
+        except httpx.TransportError as exc:
+            raise EngineError(
+                "request_failed", f"{type(exc).__name__} talking to {self.base_url}{url}"
+            ) from exc
+        try:
+            tokens = r.json().get("tokens") if r.status_code == 200 else None
+        except (ValueError, AttributeError):
+            tokens = None
         if not isinstance(tokens, list):
-            raise EngineError("request_failed", f"no token list from {self.base_url}{url}")
+            raise EngineError(
+                "request_failed",
+                f"no token list from {self.base_url}{url} (HTTP {r.status_code}: {r.text[:200]})",
+            )
         return len(tokens)
 
     def count_prompt_tokens(self, text: str) -> int:
