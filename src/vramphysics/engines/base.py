@@ -49,6 +49,9 @@ class Usage:
     # max_tokens: finish_reason "length"), "engine-tokenizer" (the engine's own tokenizer on the
     # text), "none"
     source: str
+    # where `prompt_tokens` came from when not from `source` (e.g. "engine-tokenizer" beside an
+    # "engine-length" output count); "" when both come from `source`
+    prompt_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class Completion:
     n_chunks: int
     engine_timings: Mapping[str, float] = field(default_factory=dict)
     # the arrival time of every content event (a chunk with non-empty text, `delta.content`,
-    # `delta.reasoning_content` or Ollama `message.thinking`), in order; first = first_text_s
+    # `delta.reasoning_content` / `delta.reasoning`, or Ollama `message.content` /
+    # `message.thinking`), in order; first = first_text_s, last = last_text_s
     content_times_s: tuple[float, ...] = ()
     finish_reason: str | None = None  # the engine's own: "length", "stop", ...
 
