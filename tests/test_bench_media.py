@@ -52,3 +52,20 @@ def test_video_where_it_cannot_go_fails_before_sending() -> None:
     with pytest.raises(EngineError, match="cannot take video here: no projector"):
         refuse_media("llama.cpp", (clip,), "no projector", None)
     refuse_media("llama.cpp", (), "no projector", None)  # nothing to refuse
+
+
+def test_each_engine_sends_media_in_its_own_shape() -> None:
+    from vramphysics.engines.ollama.chat import chat_payload
+    from vramphysics.engines.vllm.requests import request_body
+
+    media = make_media(MediaSpec("image", 2, 8, 8), 0)
+    path, body = request_body("m", "hi", 4, exact=True, chat=True, media=media)
+    assert path == "/v1/chat/completions"
+    parts = body["messages"][0]["content"]
+    assert [p["type"] for p in parts] == ["image_url", "image_url", "text"]
+    with pytest.raises(EngineError, match="no chat template"):
+        request_body("m", "hi", 4, exact=True, chat=False, media=media)
+    assert request_body("m", "hi", 4, exact=True, chat=False)[1]["prompt"] == "hi"
+    payload = chat_payload("m", "hi", 4, num_ctx=None, keep_alive="5m", media=media)
+    assert len(payload["messages"][0]["images"]) == 2
+    assert "images" not in chat_payload("m", "hi", 4, num_ctx=None, keep_alive="5m")["messages"][0]

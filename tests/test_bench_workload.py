@@ -99,7 +99,11 @@ def test_prompts_have_the_exact_count_and_unique_prefixes(count, target: int) ->
     prompts = [p.prompt(i) for i in range(7)]
     assert all(count(x) == target for x in prompts)
     assert len(set(prompts)) == 7
-    assert all(x.startswith(f"Request {i:05d} of cell p-c1. ") for i, x in enumerate(prompts))
+    assert all(
+        x.startswith(f"{i}0000 is request {i:05d} of cell p-c1. ") for i, x in enumerate(prompts)
+    )
+    # consecutive requests differ at their first character: no prefix reuse between them
+    assert all(a[0] != b[0] for a, b in zip(prompts, prompts[1:], strict=False))
     assert "A language model keeps".startswith(p.body[:20])  # real prose
 
 
@@ -110,4 +114,4 @@ def test_warm_prompts_repeat_one_prompt() -> None:
 
 def test_a_target_below_the_prefix_gets_the_prefix() -> None:
     p = make_prompts("p-c1", 3, _word_count)
-    assert p.body == "" and p.tokens == _word_count("Request 00000 of cell p-c1. ")
+    assert p.body == "" and p.tokens == _word_count("99999 is request 99999 of cell p-c1. ")

@@ -1,12 +1,14 @@
 """Benchmark prompts: real text of an exact token count, by the engine's own count.
 
-Each prompt is a unique prefix ("Request 00017 of cell p1024-o64-c1.") and then plain English
-prose, cut to the length at which the engine counts exactly the tokens asked for (its tokenizer,
-special tokens and chat template included: `Engine.count_prompt_tokens`). The length is found
-once per cell, by a search on the number of characters; the prefixes of a cell have the same
-shape, so every request of the cell has the same count, give or take a token, and none shares
-more than its first few tokens with another (no prefix cache hides the prefill). `#warm` sends one
-prompt over and over, on purpose.
+Each prompt is a unique prefix ("71000 is request 00017 of cell p1024-o64-c1.") and then plain
+English prose, cut to the length at which the engine counts exactly the tokens asked for (its
+tokenizer, special tokens and chat template included: `Engine.count_prompt_tokens`). The length
+is found once per cell, by a search on the number of characters, on a prefix no request uses
+(Ollama counts by running the prompt, and its cache would then hold it). The prefix starts with
+the request's index, digits reversed, so two requests in a row differ at their first token
+(llama.cpp reuses the longest common prefix of the previous prompt; vLLM's cache hashes blocks
+from the start), and all prefixes of a cell have the same shape, so every request of the cell has
+the same count, give or take a token. `#warm` sends one prompt over and over, on purpose.
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ class CellPrompts:
         return prefix(self.cell, 0 if self.warm else index) + self.body
 
 
+_COUNTED = 99_999  # the index of the prefix the length is found with: no request has it
+
+
 def prefix(cell: str, index: int) -> str:
-    return f"Request {index:05d} of cell {cell}. "
+    return f"{f'{index:05d}'[::-1]} is request {index:05d} of cell {cell}. "
 
 
 def prose(n_chars: int) -> str:
@@ -84,7 +89,7 @@ def make_prompts(
     A search on the length of the prose: grow an upper bound from a first estimate, then halve
     the interval until the count is `target` or the interval is one character. A target below
     what the prefix alone counts gets the prefix alone (said in the log)."""
-    head = prefix(cell, 0)
+    head = prefix(cell, _COUNTED)
     floor = count(head)
     if target <= floor:
         log.warning("%s: %d tokens asked, the prefix alone is %d", cell, target, floor)

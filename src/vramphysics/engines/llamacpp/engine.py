@@ -37,6 +37,7 @@ from vramphysics.engines.llamacpp.command import (
 )
 from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.engines.llamacpp.log import components_from_log
+from vramphysics.engines.media import refuse_media
 from vramphysics.engines.openai_compat import (
     Counting,
     engine_client,
@@ -266,7 +267,14 @@ class LlamaCppEngine(Engine):
         return self._tokenize(text, special=True) - self._tokenize("", special=True)
 
     def generate(self, request: GenRequest) -> Completion:
-        """A timed request to /v1/completions, without `logprobs` (see `gen_payload`)."""
+        """A timed request to /v1/completions, without `logprobs` (see `gen_payload`). Media
+        are refused before anything is sent: /v1/completions takes text only."""
+        refuse_media(
+            "llama.cpp",
+            request.media,
+            "vram-physics sends llama.cpp text completions (no multimodal projector yet)",
+            self._spec.raw if self._spec else None,
+        )
         payload = gen_payload(
             request.prompt,
             request.output_tokens,

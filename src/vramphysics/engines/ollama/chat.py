@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from vramphysics.engines.base import Completion, Usage
+from vramphysics.engines.base import Completion, MediaItem, Usage
+from vramphysics.engines.media import ollama_images
 from vramphysics.engines.ollama.api import engine_timings, int_or_none, iter_ndjson, refuse
 from vramphysics.errors import EngineError
 
@@ -103,19 +105,29 @@ def _read_chat(
 
 
 def chat_payload(
-    model: str, prompt: str, num_predict: int, *, num_ctx: int | None, keep_alive: str
+    model: str,
+    prompt: str,
+    num_predict: int,
+    *,
+    num_ctx: int | None,
+    keep_alive: str,
+    media: Sequence[MediaItem] = (),
 ) -> dict[str, Any]:
     """A streamed /api/chat request. Ollama has no `min_tokens` nor `ignore_eos`: `num_predict`
     is a limit, and a model that emits its end-of-sequence token stops early (the random demo
     models rarely do; the final `eval_count` is the real count, recorded as such). `num_ctx`:
     the context of a start of ours (another one makes Ollama reload the model); None on a
-    server someone else runs, whose loaded model we leave as it is."""
+    server someone else runs, whose loaded model we leave as it is. `media`: the message's
+    `images` (Ollama takes no video: refused before anything is sent)."""
     options: dict[str, Any] = {"num_predict": num_predict, "temperature": 0}
     if num_ctx is not None:
         options["num_ctx"] = num_ctx
+    message: dict[str, Any] = {"role": "user", "content": prompt}
+    if media:
+        message["images"] = ollama_images(media)
     return {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": [message],
         "stream": True,
         "options": options,
         "keep_alive": keep_alive,

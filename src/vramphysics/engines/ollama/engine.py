@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from vramphysics.engines.base import (
     Engine,
     EngineStatus,
     GenRequest,
+    MediaItem,
     MemoryComponents,
 )
 from vramphysics.engines.ollama import api
@@ -288,13 +290,13 @@ class OllamaEngine(Engine):
         """A timed streamed `/api/chat`. Ollama cannot be told to ignore the end-of-sequence
         token: `num_predict` is only a limit (see `chat_payload`), so `exact` asks for no more
         than it does; `eval_count` says what the engine really produced."""
-        return self._chat(request.prompt, request.output_tokens)
+        return self._chat(request.prompt, request.output_tokens, request.media)
 
-    def _chat(self, prompt: str, num_predict: int) -> Completion:
+    def _chat(self, prompt: str, num_predict: int, media: Sequence[MediaItem] = ()) -> Completion:
         model, ctx, model_id = self._target()
         url = f"{self.base_url}/api/chat"
         payload = chat_payload(
-            model, prompt, num_predict, num_ctx=ctx, keep_alive=self.cfg.keep_alive
+            model, prompt, num_predict, num_ctx=ctx, keep_alive=self.cfg.keep_alive, media=media
         )
         try:
             return chat(

@@ -24,6 +24,7 @@ from vramphysics.engines.base import (
     Engine,
     EngineStatus,
     GenRequest,
+    MediaItem,
     MemoryComponents,
     ResidentModel,
 )
@@ -378,15 +379,21 @@ class VllmEngine(Engine):
 
     def generate(self, request: GenRequest) -> Completion:
         """A timed request (see `request_body`); counts from the stream's usage object."""
-        return self._stream(request.prompt, request.output_tokens, exact=request.exact)
+        return self._stream(
+            request.prompt, request.output_tokens, exact=request.exact, media=request.media
+        )
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
         """A streamed chat completion when the model has a chat template, else a completion."""
         return self._stream(prompt, max_tokens, exact=False)
 
-    def _stream(self, prompt: str, max_tokens: int, *, exact: bool) -> Completion:
+    def _stream(
+        self, prompt: str, max_tokens: int, *, exact: bool, media: Sequence[MediaItem] = ()
+    ) -> Completion:
         model = self._require_model()
-        path, payload = request_body(model, prompt, max_tokens, exact=exact, chat=self._chat)
+        path, payload = request_body(
+            model, prompt, max_tokens, exact=exact, chat=self._chat, media=media
+        )
         counting = Counting(
             prompt=lambda: self.count_prompt_tokens(prompt),
             text=self._count_tokens,

@@ -3,21 +3,32 @@ someone else runs: the timed request, prompt-token counting (/tokenize) and atta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from vramphysics.engines.base import MediaItem
+from vramphysics.engines.media import openai_content, refuse_media
 from vramphysics.engines.openai_compat import pick_model, served_models
 from vramphysics.errors import EngineError
 
 
 def request_body(
-    model: str, prompt: str, output_tokens: int, *, exact: bool, chat: bool
+    model: str,
+    prompt: str,
+    output_tokens: int,
+    *,
+    exact: bool,
+    chat: bool,
+    media: Sequence[MediaItem] = (),
 ) -> tuple[str, dict[str, Any]]:
     """The path and body of a timed request: /v1/chat/completions when the model has a chat
     template, else /v1/completions. Never `logprobs`. `exact`: `min_tokens` + `ignore_eos`, so
-    the engine produces exactly `output_tokens` (it stops at `max_tokens`)."""
+    the engine produces exactly `output_tokens` (it stops at `max_tokens`). `media` go in the
+    chat message as `image_url` / `video_url` parts; without a chat template they cannot go
+    (request_failed before anything is sent)."""
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": output_tokens,
@@ -28,8 +39,9 @@ def request_body(
         body["min_tokens"] = output_tokens
         body["ignore_eos"] = True
     if chat:
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = [{"role": "user", "content": openai_content(prompt, media)}]
         return "/v1/chat/completions", body
+    refuse_media("vLLM", media, "the model has no chat template (media need a chat request)", None)
     body["prompt"] = prompt
     return "/v1/completions", body
 
