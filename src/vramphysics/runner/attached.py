@@ -26,7 +26,7 @@ from vramphysics.probes import NvmlProbe, ProbeReadError, nvml_status
 from vramphysics.recorder import Recorder
 from vramphysics.records import BenchCell, ModelInfo, Record, RunHeader
 from vramphysics.redact import redact
-from vramphysics.runner.finish import Finalized, finalize
+from vramphysics.runner.finish import Finalized, _check_writable, finalize
 from vramphysics.runner.orchestrate import _git_commit, _new_run_id, _total_ram
 
 log = logging.getLogger("vramphysics.bench")
@@ -118,6 +118,11 @@ def _run(
     bench_cfg: BenchConfig,
     record_hook: Callable[[Record], None] | None,
 ) -> AttachedRun:
+    for folder, what in (
+        (cfg.paths.calibration_dir, "calibration"),
+        (cfg.paths.report_dir, "report"),
+    ):
+        _check_writable(folder, what)
     run_id = _new_run_id(cfg.paths.report_dir)
     journal = Journal(journal_path(cfg.paths.report_dir, run_id))
     recorder, devices, driver, probe, why = _memory()
