@@ -45,10 +45,8 @@ class Tolerance:
     relative: float = DEFAULT_RELATIVE  # fraction of the larger figure, otherwise
 
     def __post_init__(self) -> None:
-        if not self.sigmas > 0:
-            raise ConfigError(f"must be > 0, got {self.sigmas}", key="--sigmas")
-        if not 0 < self.relative < 1:
-            raise ConfigError(f"must be in (0, 1), got {self.relative}", key="--rel-tol")
+        if not self.sigmas > 0 or not 0 < self.relative < 1:
+            raise ValueError(f"sigmas must be > 0 and relative in (0, 1): {self}")
 
 
 @dataclass(frozen=True)

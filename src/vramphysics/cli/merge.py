@@ -14,6 +14,7 @@ from pathlib import Path
 from vramphysics import physics_db
 from vramphysics.allocate import format_bytes
 from vramphysics.cli.options import add_common
+from vramphysics.errors import ConfigError
 from vramphysics.physics_merge import (
     DEFAULT_RELATIVE,
     DEFAULT_SIGMAS,
@@ -81,6 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge, write OUT, and show what was merged and what disagrees (exit 0 with conflicts:
     they are reported, and the newer calibration is kept)."""
+    if not args.sigmas > 0:
+        raise ConfigError(f"must be > 0, got {args.sigmas}", key="--sigmas")
+    if not 0 < args.rel_tol < 1:
+        raise ConfigError(f"must be in (0, 1), got {args.rel_tol}", key="--rel-tol")
     tolerance = Tolerance(sigmas=args.sigmas, relative=args.rel_tol)
     inputs = read_inputs(args.databases)
     result = merge_inputs(inputs, tolerance)
