@@ -301,3 +301,16 @@ def test_calibrated_at_is_checked_before_anything_is_written() -> None:
 
     with pytest.raises(ConfigError, match="not an ISO date"):
         calibrated_time(cal(at="soon"), Path("x.yaml"), 0)
+
+
+def test_an_output_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = db(tmp_path, "a.yaml", [cal()])
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main(["merge", str(a), "-o", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vramphysics: error: {folder}: cannot write the merged database")
+    assert list(folder.iterdir()) == []
+    assert not list(tmp_path.glob("*.tmp"))

@@ -89,7 +89,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
     tolerance = Tolerance(sigmas=args.sigmas, relative=args.rel_tol)
     inputs = read_inputs(args.databases)
     result = merge_inputs(inputs, tolerance)
-    physics_db.save(args.output, result.entries)
+    try:
+        physics_db.save(args.output, result.entries)
+    except OSError as exc:  # a folder in the way, a full disk: the inputs are untouched
+        raise ConfigError(
+            f"cannot write the merged database: {exc.strerror or exc}", path=args.output
+        ) from exc
     if args.json:
         print(json.dumps(_to_json(args.output, inputs, result), indent=2))
     else:
