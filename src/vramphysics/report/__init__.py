@@ -19,6 +19,7 @@ from vramphysics.report.columns import (
     CALIBRATION_COLUMNS,
     FAILURE_COLUMNS,
     POINT_COLUMNS,
+    REQUEST_COLUMNS,
     Column,
     ExtraSheet,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "CALIBRATION_COLUMNS",
     "FAILURE_COLUMNS",
     "POINT_COLUMNS",
+    "REQUEST_COLUMNS",
     "AnswerRow",
     "Column",
     "ExtraSheet",
