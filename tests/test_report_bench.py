@@ -1,8 +1,11 @@
-"""The benchmark side of the report, read back: the Benchmarks sheet (one row per cell) and the
-Requests sheet (one row per request)."""
+"""The benchmark side of the report, read back: the Benchmarks sheet (one row per cell), the
+Requests sheet (one row per request) and `<run>.bench.json` / `.csv` beside the workbook."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from report_data import (
     OK_ID,
     PREDICTED,
     SECRET,
+    VLLM_ID,
     ok_cells,
     records,
     vllm_records,
@@ -23,10 +27,11 @@ from report_data import (
 
 from vramphysics.journal import read_journal
 from vramphysics.outcome import build_outcome
-from vramphysics.records import Record, StatusRow
-from vramphysics.report import BENCH_COLUMNS, REQUEST_COLUMNS, write_reports
+from vramphysics.records import BenchCell, ModelInfo, Record, RunHeader, StatusRow
+from vramphysics.report import BENCH_COLUMNS, REQUEST_COLUMNS, bench_json, write_reports
 from vramphysics.report.answer import speeds
 from vramphysics.report.bench_tables import bench_rows
+from vramphysics.report.export import bench_csv, bench_paths
 
 RED = "F4C7C3"
 ORANGE = "FCE5CD"
@@ -141,6 +146,70 @@ def test_requests_sheet_has_one_row_per_request(written: tuple[Path, Workbook]) 
     assert all(str(c.fill.start_color.rgb).endswith(RED) for c in failed_row)
     ok_row = next(r for r in ws.iter_rows(min_row=2) if r[9].value == "yes")
     assert not str(ok_row[0].fill.start_color.rgb).endswith(RED)
+
+
+def test_bench_json_and_csv_beside_the_workbook(written: tuple[Path, Workbook]) -> None:
+    path, _wb = written
+    paths = bench_paths(path)
+    assert paths.json == path.parent / "run.bench.json"
+    assert paths.csv == path.parent / "run.bench.csv"
+    doc = json.loads(paths.json.read_text(encoding="utf-8"))
+    expected = [*ok_cells(), vllm_records()[-2]]
+    assert isinstance(expected[-1], BenchCell)
+    assert doc["cells"] == [c.to_json() for c in expected]  # BenchCell.to_json's names
+    assert [BenchCell.from_json(c) for c in doc["cells"]] == expected
+    run = doc["run"]
+    assert (run["run_id"], run["host"], run["platform"]) == ("20260101-000000", "box", "Linux")
+    assert (run["tool_version"], run["git_commit"]) == ("0.1.0", "abc1234")
+    assert run["gpus"] == [] and run["driver"] is None  # the first header: a CPU run
+    assert run["argv"] == ["runner.py", "--token", "***"]  # secrets masked
+    models = {m["model"]: m for m in doc["models"]}
+    assert set(models) == {OK_ID, VLLM_ID}  # MISSING and FAILED benchmarked nothing
+    assert models[OK_ID]["engine_version"] == "llama.cpp b1"
+
+    rows = list(csv.DictReader(io.StringIO(paths.csv.read_text(encoding="utf-8"))))
+    assert len(rows) == 4
+    assert rows[0]["cell"] == "p1024-o64-c1" and rows[0]["model"] == OK_ID
+    assert float(rows[1]["ttft_ms.p50"]) == 12.3456
+    assert float(rows[1]["ttft_ms.p99"]) == pytest.approx(12.3456 * 1.2)
+    assert rows[1]["itl_ms.n"] == "315" and rows[1]["settings.n_gpu_layers"] == "-1"
+    assert rows[1]["run.host"] == "box" and rows[1]["run.git_commit"] == "abc1234"
+    assert "ttft_ms" not in rows[0] and "settings" not in rows[0]  # flattened
+    assert rows[0]["note"] == "" and rows[0]["warm_prefix"] == "False"
+
+
+def test_bench_json_carries_the_gpu_driver_and_settings() -> None:
+    header = vllm_records()[0]
+    assert isinstance(header, RunHeader)
+    info = ModelInfo(
+        model=VLLM_ID,
+        setup="gpu",
+        engine="vllm",
+        engine_version="vllm 0.11",
+        available=True,
+        location="org/tiny-chat",
+        theory=None,
+        settings={"kv_cache_dtype": "fp8", "flags": ["--api-key", SECRET]},
+    )
+    other = ModelInfo(**{**info.__dict__, "model": "vl_other"})
+    cell = a_cell(model=VLLM_ID, engine="vllm", settings={"kv_cache_dtype": "fp8"})
+    doc = bench_json([cell], header, [info, other])
+    assert doc["run"]["gpus"] == ["NVIDIA H100 80GB HBM3"] and doc["run"]["driver"] == "550.54"
+    assert doc["run"]["devices"][0]["total_bytes"] == 80 * GIB
+    assert doc["run"]["cpu_model"] is None and doc["run"]["cuda_version"] is None  # not recorded
+    (model,) = doc["models"]  # only the models with cells
+    assert model["settings"] == {"kv_cache_dtype": "fp8", "flags": ["--api-key", "***"]}
+    assert SECRET not in json.dumps(doc)
+    text = bench_csv(doc)
+    assert "settings.kv_cache_dtype" in text.splitlines()[0] and SECRET not in text
+
+
+def test_no_benchmark_files_without_cells(tmp_path: Path) -> None:
+    recs: list[Record] = [r for r in records() if not hasattr(r, "cell")]
+    outcome = build_outcome(recs)
+    files = write_reports(tmp_path / "cal.xlsx", outcome, outcome.entries)
+    assert files.bench is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cal.html", "cal.xlsx"]
 
 
 def test_an_old_journal_reports_its_single_request_as_a_cell_of_one(tmp_path: Path) -> None:
