@@ -424,6 +424,6 @@ def cell_from_legacy(b: BenchResult) -> BenchCell:
         probe=b.probe,
         device=b.device,
         engine_version=b.engine_version,
-        note=f"old journal: one request, no warm-up or repetitions{peak}",
+        note=f"old journal: one request, no warm-up or repetitions; asked = counted{peak}",
         at=b.at,
     )

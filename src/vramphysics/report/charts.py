@@ -1,10 +1,10 @@
 """Native Excel charts (openpyxl), so they stay live in Excel and LibreOffice.
 
 Per model, one band of the Charts sheet: memory vs context (measured points as markers from the
-Points sheet, the fitted and the theory line from the hidden ChartData sheet), TTFT against
-prompt tokens and decode throughput against prompt tokens (from the Benchmarks sheet: the model's
-rows at its lowest concurrency, which come first). Charts sit
-on a fixed grid (every column and row of the sheet has a set size), so none overlaps another.
+Points sheet, the fitted and the theory line from the hidden ChartData sheet), TTFT p50 and
+decode throughput against prompt tokens (from the Benchmarks sheet: the model's rows at its
+lowest concurrency without #warm, which come first). Charts sit on a fixed grid (every column
+and row of the sheet has a set size), so none overlaps another.
 """
 
 from __future__ import annotations
