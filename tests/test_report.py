@@ -227,6 +227,8 @@ def test_summary(workbook: Workbook) -> None:
     assert summary["Models FAILED"] == 1
     assert summary["Points measured"] == 3
     assert summary["Physics entries"] == 1
+    assert summary["Benchmark cells"] == 3
+    assert summary["Benchmark requests"] == 9  # cold, 2 warm-up, 5 measured, 1 failed
     assert summary["Engine llamacpp"] == "llama.cpp b1"
 
 

@@ -176,6 +176,8 @@ def _summary(ws: Worksheet, outcome: Outcome) -> None:
         rows.append((f"Models {status}", n))
     rows.append(("Points measured", len(outcome.points)))
     rows.append(("Physics entries", len(outcome.entries)))
+    rows.append(("Benchmark cells", len(outcome.cells)))
+    rows.append(("Benchmark requests", len(outcome.requests)))
     for r, (k, v) in enumerate(rows, start=1):
         ws.cell(row=r, column=1, value=k).font = Font(bold=True)
         ws.cell(row=r, column=2, value=redact(v) if isinstance(v, str) else v)
