@@ -193,3 +193,13 @@ def test_real_demo_answer_agrees_with_plan(
     assert 0.85 < a.max_context_90 / a.max_context < 0.9  # 90 % of free, less the same base
     assert a.measured_over_theory is not None and 0.9 < a.measured_over_theory < 1.2
     assert a.small is not None and a.small.decode_tokens_per_s is not None
+
+
+def test_terminal_names_the_benchmark_files(tmp_path: Path) -> None:
+    outcome = build_outcome(records())
+    files = write_reports(tmp_path / "run.xlsx", outcome, outcome.entries)
+    paths = dict(xlsx=files.xlsx, html=files.html, database=tmp_path / "db", journal=tmp_path / "j")
+    text = run_end_text(files.answers, **paths, bench=files.bench)
+    assert f"benchmarks:       {tmp_path / 'run.bench.json'}" in text
+    assert f"benchmarks (csv): {tmp_path / 'run.bench.csv'}" in text
+    assert "benchmarks" not in run_end_text(files.answers, **paths)  # none written: no line
