@@ -1,7 +1,8 @@
 """The report: Excel workbook, HTML page and the end-of-run answer table, from an Outcome.
 
 `write_reports` writes `<run>.xlsx` and `<run>.html` side by side; both show the same answers
-(`answer.py`, planned through `planning.py`) and the same charts (`series.py`).
+(`answer.py`, planned through `planning.py`) and the same charts (`series.py`). Beside them,
+when the run benchmarked anything, `<run>.bench.json` and `<run>.bench.csv` (`export.py`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from vramphysics.report.columns import (
     CALIBRATION_COLUMNS,
     FAILURE_COLUMNS,
     POINT_COLUMNS,
+    REQUEST_COLUMNS,
     Column,
     ExtraSheet,
 )
+from vramphysics.report.export import BenchFiles, bench_json, write_bench_exports
 from vramphysics.report.html import render_html
 from vramphysics.report.series import all_series
 from vramphysics.report.tables import plan_sheet
@@ -34,12 +37,15 @@ __all__ = [
     "CALIBRATION_COLUMNS",
     "FAILURE_COLUMNS",
     "POINT_COLUMNS",
+    "REQUEST_COLUMNS",
     "AnswerRow",
+    "BenchFiles",
     "Column",
     "ExtraSheet",
     "ReportFiles",
     "answer_rows",
     "answer_table_text",
+    "bench_json",
     "plan_sheet",
     "run_end_text",
     "write_html",
@@ -53,6 +59,7 @@ class ReportFiles:
     xlsx: Path
     html: Path
     answers: tuple[AnswerRow, ...]
+    bench: BenchFiles | None = None  # <run>.bench.json and .csv; None: no benchmark cells
 
 
 def write_html(path: Path, outcome: Outcome, answers: Sequence[AnswerRow]) -> Path:
@@ -62,7 +69,8 @@ def write_html(path: Path, outcome: Outcome, answers: Sequence[AnswerRow]) -> Pa
 
 
 def write_reports(xlsx: Path, outcome: Outcome, entries: Sequence[PhysicsEntry]) -> ReportFiles:
-    """`<run>.xlsx` (with the Plan sheet of `entries`) and `<run>.html` beside it.
+    """`<run>.xlsx` (with the Plan sheet of `entries`), `<run>.html` beside it, and the cells'
+    `<run>.bench.json` and `<run>.bench.csv` when there are any.
 
     `entries` is the physics database after this run's entries were merged in: the answers
     plan with it, as `vramphysics plan` would.
@@ -71,4 +79,5 @@ def write_reports(xlsx: Path, outcome: Outcome, entries: Sequence[PhysicsEntry])
     wb = build_workbook(outcome, answers, extra=[plan_sheet(entries)])
     save_atomically(wb, xlsx)
     html = write_html(xlsx.with_suffix(".html"), outcome, answers)
-    return ReportFiles(xlsx=xlsx, html=html, answers=answers)
+    bench = write_bench_exports(xlsx, outcome)
+    return ReportFiles(xlsx=xlsx, html=html, answers=answers, bench=bench)
