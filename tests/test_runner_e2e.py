@@ -120,8 +120,8 @@ def test_demo_calibrates_within_theory_and_reports(tmp_path: Path, models: Path)
     headers = [c.value for c in bench[1]]
     row = {h: c.value for h, c in zip(headers, bench[2], strict=True)}
     assert row["Model"] == "llamacpp:tiny.gguf"
-    assert isinstance(row["TTFT (ms)"], float) and row["TTFT (ms)"] > 0
-    assert row["Output tokens"] == 16
+    assert isinstance(row["TTFT p50 (ms)"], float) and row["TTFT p50 (ms)"] > 0
+    assert row["Output (tokens)"] == 16
     cal = wb["Calibration"]
     status_col = [c.value for c in cal[1]].index("Status")
     missing = [r for r in cal.iter_rows(min_row=2) if r[status_col].value == "MISSING"]

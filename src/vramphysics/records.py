@@ -48,6 +48,8 @@ class RunHeader(Record):
     driver: str | None
     sweep_contexts: list[int]
     argv: list[str]
+    cpu_model: str | None = None
+    cuda_version: str | None = None  # the CUDA version the NVIDIA driver supports
     at: str = ""
 
 

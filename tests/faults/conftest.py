@@ -329,7 +329,7 @@ class Workspace:
         """
         records = self.journal()
         points = [(r["model"], r["ctx"]) for r in records if r["kind"] == "point"]
-        benches = [r["model"] for r in records if r["kind"] == "bench"]
+        benches = [(r["model"], r["ctx"], r["cell"]) for r in records if r["kind"] == "bench_cell"]
         duplicates = (len(points) - len(set(points))) + (len(benches) - len(set(benches)))
         failed = [r for r in records if r["kind"] == "status" and r["status"] == "FAILED"]
 

@@ -64,6 +64,8 @@ def cell_row(c: BenchCell) -> tuple[Any, ...]:
         c.output_tokens_target,
         _r(c.output_tokens, 1),
         c.concurrency,
+        c.media or None,
+        _r(c.media_tokens_per_item, 1),
         c.n_measured,
         c.n_failed,
         *_pcts(t),

@@ -179,6 +179,14 @@ BENCH_COLUMNS = (
     Column("Output asked (tokens)", "Output length the workload forced (min tokens)", 12, F_TOKENS),
     Column("Output (tokens)", "Mean output tokens of the measured requests", 12, F_TOKENS),
     Column("Concurrency", "Requests in flight at once", 10, F_COUNT),
+    Column("Media", "What each request carried beside the text (bench.images, bench.videos)", 18),
+    Column(
+        "Media tokens per item",
+        "(prompt tokens of this cell - those of the text-only cell of the same prompt) / items: "
+        "the context one image or video takes, by the engine's own count",
+        12,
+        F_TOKENS,
+    ),
     Column("N measured", "Measured requests that succeeded (warm-up and cold excluded)", 10),
     Column("N failed", "Measured requests that failed (see the Requests sheet)", 10),
     *_stats_columns("TTFT", TTFT_WHAT, extra=True),
@@ -229,8 +237,9 @@ BENCH_COLUMNS = (
     Column("Device", "GPU name or cpu", 14),
     Column(
         "Token source",
-        "engine-usage: the engine's usage figures; engine-tokenizer: the engine's own "
-        "tokenizer on the text",
+        "engine-usage: the engine's usage figures; engine-timings: llama-server's timings; "
+        "engine-length: stopped at max_tokens with an exact output; engine-tokenizer: the "
+        "engine's own tokenizer on the text",
         16,
     ),
     Column("Engine version", "Engine and version", 22),

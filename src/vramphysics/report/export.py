@@ -51,12 +51,11 @@ def run_record(header: RunHeader | None) -> dict[str, Any]:
         "platform": header.platform,
         "python": header.python,
         # optional header fields where the runner records them; else a device's own key
-        "cpu_model": getattr(header, "cpu_model", None) or _first_device_value(header, "cpu_model"),
+        "cpu_model": header.cpu_model or _first_device_value(header, "cpu_model"),
         "devices": [dict(d) for d in header.devices],
         "gpus": [d.get("name") for d in gpus],
         "driver": header.driver,
-        "cuda_version": getattr(header, "cuda_version", None)
-        or _first_device_value(header, "cuda_version"),
+        "cuda_version": header.cuda_version or _first_device_value(header, "cuda_version"),
         "probe": header.probe,
         "tool_version": header.tool_version,
         "git_commit": header.git_commit,

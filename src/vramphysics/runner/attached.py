@@ -21,6 +21,7 @@ from vramphysics.bench import Grid, StartFacts, bench_plan, run_bench
 from vramphysics.config import BenchConfig, Config
 from vramphysics.engines import create_engine
 from vramphysics.engines.base import Engine
+from vramphysics.hostinfo import cpu_model
 from vramphysics.journal import Journal, journal_path, read_journal
 from vramphysics.probes import NvmlProbe, ProbeReadError, nvml_status
 from vramphysics.recorder import Recorder
@@ -50,14 +51,19 @@ class AttachedRun:
     done: Finalized
 
 
-def _header(
-    run_id: str,
-    target: Target,
-    nvml_devices: list[dict[str, object]],
-    driver: str | None,
-    probe: str,
-    why: str,
-) -> RunHeader:
+@dataclass(frozen=True)
+class _Memory:
+    """How `bench --url` measures memory, and what the header says about the machine."""
+
+    recorder: Recorder | None
+    devices: list[dict[str, object]]
+    driver: str | None
+    cuda_version: str | None
+    probe: str
+    why: str
+
+
+def _header(run_id: str, target: Target, mem: _Memory) -> RunHeader:
     return RunHeader(
         run_id=run_id,
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -69,31 +75,37 @@ def _header(
         config_path="",
         setups_path="",
         setups=[f"bench --url {target.url}"],
-        probe=probe,
-        probe_reason=why,
-        devices=nvml_devices or [{"name": "cpu", "total_bytes": _total_ram()}],
-        driver=driver,
+        probe=mem.probe,
+        probe_reason=mem.why,
+        devices=mem.devices or [{"name": "cpu", "total_bytes": _total_ram()}],
+        driver=mem.driver,
         sweep_contexts=[],
         argv=[redact(a) for a in sys.argv],
+        cpu_model=cpu_model(),
+        cuda_version=mem.cuda_version,
     )
 
 
-def _memory() -> tuple[Recorder | None, list[dict[str, object]], str | None, str, str]:
+def _memory() -> _Memory:
     """A recorder of NVML over every GPU when one answers; else none (said in the header)."""
     status = nvml_status()
     if not (status.available and status.gpus):
-        why = f"no memory figures: NVML unavailable ({status.reason}), and the server's processes are not ours to read"
-        return None, [], None, "none", why
+        why = (
+            f"no memory figures: NVML unavailable ({status.reason}), and the server's processes "
+            "are not ours to read"
+        )
+        return _Memory(None, [], None, None, "none", why)
     devices: list[dict[str, object]] = [
         {"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes}
         for g in status.gpus
     ]
+    driver, cuda = status.gpus[0].driver, status.cuda_version
     try:
         probe = NvmlProbe(None)
     except ProbeReadError as exc:
-        return None, devices, status.gpus[0].driver, "none", f"no memory figures: {exc}"
+        return _Memory(None, devices, driver, cuda, "none", f"no memory figures: {exc}")
     why = f"NVML on {probe.device}: the whole device in use (the server ran before us: no baseline)"
-    return Recorder(probe, 0.05), devices, status.gpus[0].driver, "nvml", why
+    return _Memory(Recorder(probe, 0.05), devices, driver, cuda, "nvml", why)
 
 
 def bench_attached(
@@ -125,7 +137,8 @@ def _run(
         _check_writable(folder, what)
     run_id = _new_run_id(cfg.paths.report_dir)
     journal = Journal(journal_path(cfg.paths.report_dir, run_id))
-    recorder, devices, driver, probe, why = _memory()
+    mem = _memory()
+    recorder = mem.recorder
     model_id = f"{target.engine}:{target.model}@{target.url}"
 
     def record(rec: Record) -> None:
@@ -135,7 +148,7 @@ def _run(
 
     cells: list[BenchCell] = []
     try:
-        record(_header(run_id, target, devices, driver, probe, why))
+        record(_header(run_id, target, mem))
         version = engine.version()
         record(
             ModelInfo(
@@ -155,7 +168,7 @@ def _run(
             ctx=target.ctx or 0,
             engine_version=version,
             settings={"url": target.url},
-            probe=probe,
+            probe=mem.probe,
             device=recorder.probe.device if recorder else "",
         )
         if recorder is not None:

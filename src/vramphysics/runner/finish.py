@@ -165,7 +165,16 @@ def _print_done(run_id: str, done: Finalized, journal: Path) -> None:
     print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if done.files is not None and not done.db_error:
         f = done.files
-        print(run_end_text(f.answers, xlsx=f.xlsx, html=f.html, database=done.db, journal=journal))
+        print(
+            run_end_text(
+                f.answers,
+                xlsx=f.xlsx,
+                html=f.html,
+                database=done.db,
+                journal=journal,
+                bench=f.bench,
+            )
+        )
         return
     print(f"physics database: {done.db}" + (" (NOT written)" if done.db_error else ""))
     print(f"report: {done.report}" + (" (NOT written)" if done.report_error else ""))
