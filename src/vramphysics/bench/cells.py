@@ -166,13 +166,15 @@ def run_cell(
     memory: MemoryWindow | None,
     record: Callable[[Record], None],
     text_tokens: float | None = None,
+    progress: bool = True,
 ) -> BenchCell:
     """Warm-up, then the measured requests, then the cell's record (also recorded).
     `text_tokens`: the prompt tokens of the text-only cell of the same prompt, for a media cell
     (its tokens per image or video)."""
     n_warm = warmup_requests * plan.concurrency
     n_meas = repetitions * plan.concurrency
-    with tqdm(total=n_warm + n_meas, desc=plan.cell, leave=False, unit="req") as bar:
+    bar = tqdm(total=n_warm + n_meas, desc=plan.cell, leave=False, unit="req", disable=not progress)
+    with bar:
         for phase, indices in (
             ("warmup", range(n_warm)),
             ("measured", range(n_warm, n_warm + n_meas)),

@@ -79,6 +79,7 @@ def run_bench(
     memory: MemoryWindow | None,
     record: Callable[[Record], None],
     deadline: float | None = None,
+    progress: bool = True,
 ) -> list[BenchCell]:
     """Every pending cell, in order; stops starting cells past `deadline` (monotonic), with a
     warning row naming those not run. A cell whose every measured request failed is also a
@@ -110,6 +111,7 @@ def run_bench(
             memory=memory,
             record=record,
             text_tokens=_text_tokens(cell_plan, [*plan.finished, *out]),
+            progress=progress,
         )
         out.append(cell)
         if cell.n_measured == 0:

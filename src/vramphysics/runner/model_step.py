@@ -251,6 +251,7 @@ def _bench(
         memory=recorder,
         record=run.record,
         deadline=deadline,
+        progress=not run.progress.disable,
     )
 
 
