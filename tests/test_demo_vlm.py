@@ -28,7 +28,7 @@ from vramphysics.demo_vlm import (
 )
 from vramphysics.theory import theory_from_hf_config
 from vramphysics.theory.vision import Idefics3Processor, image_tokens
-from vramphysics.theory.vision_load import load_vision_processor
+from vramphysics.theory.vision_load import load_vision_processor, predict_media_tokens
 from vramphysics.theory.vision_weights import vision_weights_from_safetensors
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -73,6 +73,12 @@ def test_theory_read_back_from_the_folder(tiny_vlm: Path) -> None:
     # one 256 x 128 projection (64 x 2^2 pixel-shuffled features -> the text hidden size)
     assert weights.projector_bytes == 2 * 64 * 4 * 128
     assert weights.vision_bytes > 2 * 64 * 3 * 16 * 16
+
+
+def test_predict_media_tokens_of_the_generated_folder(tiny_vlm: Path) -> None:
+    for (width, height), tokens in SIZES.items():
+        assert predict_media_tokens(tiny_vlm, "image", width, height) == tokens
+    assert predict_media_tokens(tiny_vlm, "video", 64, 64, frames=2) is None  # images only
 
 
 def test_theory_equals_the_transformers_processor(tiny_vlm: Path) -> None:
