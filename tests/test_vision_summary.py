@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from bench_data import a_cell, stats
 
+from vramphysics.engines.vllm.log import encoder_components, parse_log
 from vramphysics.errors import SetupError
 from vramphysics.records import BenchCell, CalibrationPoint, ModelInfo, Record, Stats
 from vramphysics.vision_summary import (
@@ -232,3 +233,17 @@ def test_folder_predictor_reads_the_theory(tmp_path: Path) -> None:
     assert guess("vl_qwen", str(folder), MediaShape("video", 1280, 720, 20, 2.0)) == 11_962
     assert guess("vl_qwen", "http://127.0.0.1:8000", MediaShape("image", 448, 448)) is None
     assert guess("vl_qwen", None, MediaShape("image", 448, 448)) is None
+
+
+def test_the_encoder_facts_of_a_vllm_log_are_what_the_summary_reads() -> None:
+    """vLLM's log facts as `encoder_components` puts them in engine_components."""
+    log = (
+        "Encoder cache will be initialized with a budget of 2048 tokens, and profiled with "
+        "30 image items of the maximum feature size.\n"
+    )
+    components = encoder_components(parse_log(log))
+    (s,) = vision_summary([point(LIM1, 512, encoder=False, **components)])
+    (row,) = s.limits
+    assert (row.encoder_budget_tokens, row.encoder_profiled_items) == (2048, 30)
+    assert row.encoder_profiled_modality == "image"
+    assert encoder_components(parse_log("")) == {}

@@ -241,6 +241,17 @@ def to_json_dict(facts: VllmLogFacts) -> dict[str, object]:
     }
 
 
+def encoder_components(facts: VllmLogFacts) -> dict[str, object]:
+    """The encoder cache facts a log states, as calibration points carry them in
+    ``engine_components`` (``MemoryComponents.extra``); empty for a text-only model."""
+    out: dict[str, object] = {
+        "encoder_budget_tokens": facts.encoder_budget_tokens,
+        "encoder_profiled_items": facts.encoder_profiled_items,
+        "encoder_profiled_modality": facts.encoder_profiled_modality,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
 # --- Log scanning -------------------------------------------------------------------------
 
 
