@@ -29,6 +29,7 @@ from vramphysics.demo_vlm import (
 )
 from vramphysics.engines.vllm.config import VllmConfig
 from vramphysics.engines.vllm.engine import VllmEngine
+from vramphysics.engines.vllm.log import encoder_components, parse_log_file
 from vramphysics.setups import load_setups
 from vramphysics.theory import theory_from_hf_config
 from vramphysics.theory.vision import Idefics3Processor, image_tokens
@@ -221,3 +222,22 @@ def test_vllm_counts_exactly_the_theory_per_image(served: Any, tiny_vlm: Path) -
     mem = served.memory_report()
     assert mem is not None and mem.kv_pool_bytes == GIB
     assert mem.kv_pool_bytes / mem.kv_tokens == VLM_SHAPE.kv_bytes_per_token() == 512
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason=NO_VLLM)
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_the_server_log_states_the_encoder_budget(served: Any, tiny_vlm: Path) -> None:
+    """The line as vLLM CPU writes it, prefixes and all, read by the log parser: the budget is
+    the batched-token budget (2048) and the profiling run used 2048 // 68 = 30 images of the
+    largest feature size (4 x 4 tiles + global = 17 x 4 features)."""
+    logs = list(served.log_dir.glob("vllm-*.log"))
+    assert logs, "no server log"
+    facts = parse_log_file(logs[0])
+    assert (facts.encoder_budget_tokens, facts.encoder_profiled_items) == (2048, 30)
+    assert facts.encoder_profiled_modality == "image"
+    assert encoder_components(facts) == {
+        "encoder_budget_tokens": 2048,
+        "encoder_profiled_items": 30,
+        "encoder_profiled_modality": "image",
+    }
