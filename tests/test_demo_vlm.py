@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from vramphysics.cli import main
+from vramphysics.config import load_config
 from vramphysics.demo_vlm import (
     FAKE_TOKEN,
     GLOBAL_TOKEN,
@@ -26,14 +27,19 @@ from vramphysics.demo_vlm import (
     VLM_SHAPE,
     write_tiny_vlm,
 )
+from vramphysics.engines.vllm.config import VllmConfig
+from vramphysics.engines.vllm.engine import VllmEngine
+from vramphysics.engines.vllm.log import encoder_components, parse_log_file
+from vramphysics.setups import load_setups
 from vramphysics.theory import theory_from_hf_config
 from vramphysics.theory.vision import Idefics3Processor, image_tokens
-from vramphysics.theory.vision_load import load_vision_processor
+from vramphysics.theory.vision_load import load_vision_processor, predict_media_tokens
 from vramphysics.theory.vision_weights import vision_weights_from_safetensors
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 NO_VLLM = "vLLM is not installed here (`make install-vllm` installs its CPU build)"
 GIB = 2**30
+ROOT = Path(__file__).resolve().parent.parent
 # (width, height) -> tokens, worked out by hand in tests/test_theory_vision.py
 SIZES = {(64, 64): 107, (256, 128): 57}
 
@@ -73,6 +79,33 @@ def test_theory_read_back_from_the_folder(tiny_vlm: Path) -> None:
     # one 256 x 128 projection (64 x 2^2 pixel-shuffled features -> the text hidden size)
     assert weights.projector_bytes == 2 * 64 * 4 * 128
     assert weights.vision_bytes > 2 * 64 * 3 * 16 * 16
+
+
+def test_predict_media_tokens_of_the_generated_folder(tiny_vlm: Path) -> None:
+    for (width, height), tokens in SIZES.items():
+        assert predict_media_tokens(tiny_vlm, "image", width, height) == tokens
+    assert predict_media_tokens(tiny_vlm, "video", 64, 64, frames=2) is None  # images only
+
+
+def test_the_vllm_engine_finds_the_folder_of_the_demo_vlm_setup(
+    tiny_vlm: Path, tmp_path: Path
+) -> None:
+    """config.cpu-vlm.yaml's vLLM section with model_dir at the generated folder's parent, as
+    `make demo-vlm` has it (models/tiny-vlm): both IDs of the setup resolve to the folder."""
+    cfg = load_config(ROOT / "config.cpu-vlm.yaml").engines.section("vllm")
+    cfg = cfg.model_copy(update={"model_dir": tiny_vlm.parent})
+    assert isinstance(cfg, VllmConfig)
+    specs = load_setups(ROOT / "test_setups.yaml")["demo-vlm"]
+    with VllmEngine(cfg, state_dir=tmp_path, log_dir=tmp_path / "logs") as engine:
+        for spec in specs:
+            engine.validate(spec)
+            found = engine.check_available(spec)
+            assert found.present, found.detail
+            assert found.location is not None and Path(found.location) == tiny_vlm
+            theory = engine.theory(spec)
+            assert (
+                theory is not None and theory.kv_bytes_per_token == 512
+            )  # 2 layers x 2 KV heads x 32 x K+V x bf16
 
 
 def test_theory_equals_the_transformers_processor(tiny_vlm: Path) -> None:
@@ -189,3 +222,22 @@ def test_vllm_counts_exactly_the_theory_per_image(served: Any, tiny_vlm: Path) -
     mem = served.memory_report()
     assert mem is not None and mem.kv_pool_bytes == GIB
     assert mem.kv_pool_bytes / mem.kv_tokens == VLM_SHAPE.kv_bytes_per_token() == 512
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason=NO_VLLM)
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_the_server_log_states_the_encoder_budget(served: Any, tiny_vlm: Path) -> None:
+    """The line as vLLM CPU writes it, prefixes and all, read by the log parser: the budget is
+    the batched-token budget (2048) and the profiling run used 2048 // 68 = 30 images of the
+    largest feature size (4 x 4 tiles + global = 17 x 4 features)."""
+    logs = list(served.log_dir.glob("vllm-*.log"))
+    assert logs, "no server log"
+    facts = parse_log_file(logs[0])
+    assert (facts.encoder_budget_tokens, facts.encoder_profiled_items) == (2048, 30)
+    assert facts.encoder_profiled_modality == "image"
+    assert encoder_components(facts) == {
+        "encoder_budget_tokens": 2048,
+        "encoder_profiled_items": 30,
+        "encoder_profiled_modality": "image",
+    }

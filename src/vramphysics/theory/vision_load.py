@@ -25,6 +25,8 @@ from vramphysics.theory.vision import (
     Idefics3Processor,
     QwenVlProcessor,
     VisionProcessor,
+    image_tokens,
+    video_tokens,
 )
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
@@ -74,9 +76,8 @@ def _json_object(path: Path, what: str) -> Mapping[str, Any]:
     return doc
 
 
-def _family(
-    cfg: Mapping[str, Any], pre: Mapping[str, Any], config_path: Path, pre_path: Path
-) -> str:
+def _family_of(cfg: Mapping[str, Any], pre: Mapping[str, Any]) -> str | None:
+    """The family this module has a theory for, by model_type or image_processor_type."""
     model_type = str(cfg.get("model_type") or "")
     if model_type in QWEN_TYPES + IDEFICS3_TYPES:
         return model_type
@@ -85,8 +86,18 @@ def _family(
         return "qwen2_vl"
     if kind.startswith(("Idefics3ImageProcessor", "SmolVLMImageProcessor")):
         return "idefics3"
+    return None
+
+
+def _family(
+    cfg: Mapping[str, Any], pre: Mapping[str, Any], config_path: Path, pre_path: Path
+) -> str:
+    family = _family_of(cfg, pre)
+    if family is not None:
+        return family
     raise ConfigError(
-        f"no image-token theory for model_type {model_type!r} / image_processor_type {kind!r} "
+        f"no image-token theory for model_type {str(cfg.get('model_type') or '')!r} / "
+        f"image_processor_type {str(pre.get('image_processor_type') or '')!r} "
         f"(known: {', '.join(QWEN_TYPES + IDEFICS3_TYPES)})",
         path=config_path,
         key="model_type",
@@ -233,3 +244,56 @@ def _tokenizer_merges_newlines(path: Path) -> bool | None:
     if not isinstance(vocab, Mapping):
         return None
     return "\u010a\u010a" in vocab or "\n\n" in vocab
+
+
+MEDIA_KINDS = ("image", "video")
+
+
+def has_vision_config(model_dir: Path) -> bool:
+    """Whether a HF model folder describes a vision side: a `vision_config` in config.json or a
+    preprocessor config beside it."""
+    from vramphysics.theory.hf import load_hf_config
+
+    if (Path(model_dir) / PREPROCESSOR_CONFIG).is_file():
+        return True
+    return isinstance(load_hf_config(Path(model_dir)).get("vision_config"), Mapping)
+
+
+def predict_media_tokens(
+    model_dir: Path,
+    kind: str,
+    width: int,
+    height: int,
+    frames: int = 1,
+    fps: float | None = None,
+) -> int | None:
+    """The prompt tokens one `width` x `height` image (or video of `frames` frames) takes in the
+    local HF model folder `model_dir`, as the engine counts them (usage.prompt_tokens with the
+    item minus without: features plus markers).
+
+    None when the folder has no vision config (a text model), when its family has no theory
+    here, or for a video on a family that takes none (Idefics3). A bad or unreadable config is a
+    ConfigError naming the file and key; a bad `kind`, size or frame count one naming the key.
+    """
+    if kind not in MEDIA_KINDS:
+        raise ConfigError(f"expected one of {', '.join(MEDIA_KINDS)}, got {kind!r}", key="kind")
+    model_dir = Path(model_dir)
+    if not has_vision_config(model_dir):
+        return None
+    if _known_family(model_dir) is None:
+        return None
+    proc = load_vision_processor(model_dir)
+    if kind == "image":
+        return image_tokens(proc, width, height).tokens
+    if not isinstance(proc, QwenVlProcessor):
+        return None  # Idefics3 / SmolVLM take images only
+    return video_tokens(proc, width, height, frames, fps if fps is not None else 1.0).tokens
+
+
+def _known_family(model_dir: Path) -> str | None:
+    """The family `load_vision_processor` has a theory for, or None (a LLaVA, a Gemma 3)."""
+    from vramphysics.theory.hf import load_hf_config
+
+    pre_path = model_dir / PREPROCESSOR_CONFIG
+    pre = _json_object(pre_path, "preprocessor config") if pre_path.is_file() else {}
+    return _family_of(load_hf_config(model_dir), pre)
