@@ -9,6 +9,8 @@ import pytest
 from vramphysics.config import Config, load_config
 from vramphysics.errors import ConfigError
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -292,3 +294,9 @@ def test_vllm_gpus_are_chosen_by_gpus_not_env(tmp_path: Path) -> None:
 
 def test_default_vllm_container_name_holds_the_model() -> None:
     assert Config().engines.vllm.container_name == "vram-physics-vllm-{model}"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in ROOT_DIR.glob("config*.yaml")))
+def test_every_shipped_config_is_valid(name: str) -> None:
+    """config.yaml, config.cpu-vllm.yaml, config.cpu-vlm.yaml: `make demo*` loads them."""
+    load_config(ROOT_DIR / name)
