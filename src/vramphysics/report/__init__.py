@@ -29,6 +29,7 @@ from vramphysics.report.html import render_html
 from vramphysics.report.series import all_series
 from vramphysics.report.tables import plan_sheet
 from vramphysics.report.terminal import answer_table_text, run_end_text
+from vramphysics.report.vision import vision_sheet
 from vramphysics.report.xlsx import build_workbook, save_atomically, write_atomically, write_report
 
 __all__ = [
@@ -76,7 +77,9 @@ def write_reports(xlsx: Path, outcome: Outcome, entries: Sequence[PhysicsEntry])
     plan with it, as `vramphysics plan` would.
     """
     answers = answer_rows(outcome, entries)
-    wb = build_workbook(outcome, answers, extra=[plan_sheet(entries)])
+    vision = vision_sheet(outcome)
+    extra = [plan_sheet(entries), *([vision] if vision is not None else [])]
+    wb = build_workbook(outcome, answers, extra=extra)
     save_atomically(wb, xlsx)
     html = write_html(xlsx.with_suffix(".html"), outcome, answers)
     bench = write_bench_exports(xlsx, outcome)
