@@ -37,3 +37,13 @@ def test_a_text_only_run_has_no_vision_sheet(tmp_path: Path) -> None:
     assert vision_sheet(outcome) is None
     files = write_reports(tmp_path / "run.xlsx", outcome, outcome.entries)
     assert "Vision" not in load_workbook(files.xlsx).sheetnames
+
+
+def test_the_answer_reads_text_cells_not_media_cells() -> None:
+    from bench_data import a_cell, stats
+
+    from vramphysics.report.series import speed_cells
+
+    text = a_cell(cell="p64-o16-c1", ttft_ms=stats(20.0))
+    media = a_cell(cell="p64-o16-c1-i4x64x64", media="4 images 64x64", ttft_ms=stats(260.0))
+    assert speed_cells([text, media], text.model) == (text,)

@@ -46,9 +46,13 @@ def cell_order(c: BenchCell) -> tuple[bool, int, int, int, str]:
 
 
 def speed_cells(cells: Sequence[BenchCell], model: str) -> tuple[BenchCell, ...]:
-    """The cells the charts and the Answer read: the model's cells without `#warm`, at its
-    lowest concurrency (one stream, where it ran one), smallest prompt first."""
-    mine = sorted((c for c in cells if c.model == model and not c.warm_prefix), key=cell_order)
+    """The cells the charts and the Answer read: the model's text-only cells without `#warm`, at
+    its lowest concurrency (one stream, where it ran one), smallest prompt first (media cells
+    are in the Vision sheet)."""
+    mine = sorted(
+        (c for c in cells if c.model == model and not c.warm_prefix and not c.media),
+        key=cell_order,
+    )
     if not mine:
         return ()
     low = mine[0].concurrency

@@ -70,6 +70,10 @@ def _shape(s: MediaShape | None, count: int = 1) -> str | None:
     return f"{count} {noun} {s.width}x{s.height}{frames}"
 
 
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
 def _yes(v: bool | None) -> str | None:
     return None if v is None else ("yes" if v else "no")
 
@@ -94,7 +98,7 @@ def _rows(v: VisionSummary) -> list[tuple[Any, ...]]:
         ratio = None if c.ttft_over_text is None else round(c.ttft_over_text, 3)
         rows.append(
             (c.model, c.engine, "ttft", *blank6[:5], _shape(c.shape, c.media_count), None, None,
-             None, c.ttft_p50_ms, c.text_ttft_p50_ms, ratio, c.status, c.note or None)
+             None, _ms(c.ttft_p50_ms), _ms(c.text_ttft_p50_ms), ratio, c.status, c.note or None)
         )  # fmt: skip
     return rows
 
