@@ -6,7 +6,9 @@ each prompt length runs guidellm (synchronous, W warm-up requests dropped, R mea
 O output tokens via `min_tokens`) and `python -m vramphysics bench --url` with the same W, R, O,
 and prints both p50s and their relative difference; exit 1 when one differs by more than 5 %.
 
-guidellm names: its `time_to_first_token_ms` is our TTFT; its `inter_token_latency_ms` is our
+Both send `temperature: 0` (greedy decoding: sampling costs the server time per token, so a
+sampling client and a greedy one do not time the same decode). guidellm names: its
+`time_to_first_token_ms` is our TTFT; its `inter_token_latency_ms` is our
 TPOT (its `time_per_output_token_ms` includes TTFT and is not compared). Prompts for guidellm are
 built with our prompt maker (the server's own token count, a unique prefix each), so both tools
 send prompts of exactly P tokens. Run it on a quiet machine: on 2 busy cores the streamed chunks
@@ -80,7 +82,7 @@ def _guidellm(args: argparse.Namespace, url: str, p: int, work: Path) -> tuple[f
     o = args.output_tokens
     backend = {"kind": "openai_http", "target": url, "model": str(args.model),
                "request_format": "/v1/completions", "validate_backend": False,
-               "extras": {"body": {"min_tokens": o, "max_tokens": o}}}  # fmt: skip
+               "extras": {"body": {"min_tokens": o, "max_tokens": o, "temperature": 0}}}  # fmt: skip
     # guidellm 0.8.1 drops k+1 requests for a warm-up value of k (seen), so k = WARMUP - 1
     profile = {"kind": "synchronous", "warmup": {"mode": "requests", "value": WARMUP - 1}}
     argv = [args.guidellm, "run", "--backend", json.dumps(backend),
