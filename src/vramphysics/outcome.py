@@ -1,7 +1,8 @@
 """From journal records to what the database and the report need (pure: no I/O).
 
 Points are grouped per (engine, model, device, probe); each group with enough points becomes a
-physics entry. The model key in the database is the ID without runtime flags, so `#ctx=…` or
+physics entry. A model measured on several devices (a `--ray` run over nodes of several kinds)
+has one Calibration row per device. The model key in the database is the ID without runtime flags, so `#ctx=…` or
 `#stream` do not split one model's physics.
 """
 
@@ -90,8 +91,8 @@ class _Collected:
 
     header: RunHeader | None
     infos: dict[str, ModelInfo] = field(default_factory=dict)
-    points: dict[tuple[str, int], CalibrationPoint] = field(default_factory=dict)
-    benches: dict[str, BenchResult] = field(default_factory=dict)
+    points: dict[tuple[str, str, int], CalibrationPoint] = field(default_factory=dict)
+    benches: dict[tuple[str, str], BenchResult] = field(default_factory=dict)
     finals: dict[str, StatusRow] = field(default_factory=dict)
     failures: list[StatusRow] = field(default_factory=list)
     warnings: list[WarningRow] = field(default_factory=list)
@@ -107,9 +108,10 @@ def _collect(records: list[Record]) -> _Collected:
         if isinstance(r, ModelInfo):
             c.infos[r.model] = r
         elif isinstance(r, CalibrationPoint):
-            c.points.setdefault((r.model, r.ctx), r)  # the first wins: a point is never duplicated
+            # the first wins: a point is never duplicated
+            c.points.setdefault((r.model, r.device, r.ctx), r)
         elif isinstance(r, BenchResult):
-            c.benches.setdefault(r.model, r)
+            c.benches.setdefault((r.model, r.device), r)
         elif isinstance(r, StatusRow):
             if r.ctx is None:
                 c.finals[r.model] = r
@@ -149,9 +151,8 @@ def _entry(
     """The database entry of one fit of one model's points."""
     info = c.infos.get(model)
     theory = info.theory if info else None
-    bench = c.benches.get(model)
     device = mpoints[0].device
-    assert device is not None
+    bench = c.benches.get((model, device))
     starts = len(mpoints) + (
         1 if bench is not None and bench.ctx not in {p.ctx for p in mpoints} else 0
     )
@@ -182,12 +183,16 @@ def _entry(
 
 
 def _model(
-    c: _Collected, model: str, min_points: int
+    c: _Collected, model: str, device: str | None, min_points: int
 ) -> tuple[ModelRow, list[PhysicsEntry], str, ModelInfo | None]:
-    """One model's Calibration row, its database entries, its engine and its info record."""
+    """One model's Calibration row on one device (None: no point measured), its database
+    entries, its engine and its info record."""
     info = c.infos.get(model)
     final = c.finals.get(model)
-    mpoints = sorted((p for (m, _c), p in c.points.items() if m == model), key=lambda p: p.ctx)
+    mpoints = sorted(
+        (p for (m, d, _c), p in c.points.items() if m == model and d == device),
+        key=lambda p: p.ctx,
+    )
     engine = (
         info.engine
         if info
@@ -220,15 +225,19 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
     entries: list[PhysicsEntry] = []
     versions: dict[str, str] = {}
     for model in c.order:
-        row, model_entries, engine, info = _model(c, model, min_points)
-        if info:
-            versions[engine] = info.engine_version
-        entries.extend(model_entries)
-        rows.append(row)
+        devices: list[str | None] = list(dict.fromkeys(d for (m, d, _c) in c.points if m == model))
+        for device in devices or [None]:
+            row, model_entries, engine, info = _model(c, model, device, min_points)
+            if info:
+                versions[engine] = info.engine_version
+            entries.extend(model_entries)
+            rows.append(row)
     return Outcome(
         header=c.header,
         models=tuple(rows),
-        points=tuple(sorted(c.points.values(), key=lambda p: (c.order.index(p.model), p.ctx))),
+        points=tuple(
+            sorted(c.points.values(), key=lambda p: (c.order.index(p.model), p.device, p.ctx))
+        ),
         benches=tuple(c.benches.values()),
         failures=tuple(c.failures),
         warnings=tuple(c.warnings),
