@@ -1,0 +1,193 @@
+"""`runner.py --ray` against a real two-node Ray cluster on this machine (slow: real Ray nodes and
+real llama.cpp servers).
+
+The head advertises `gpu:kind-a`, the second node `gpu:kind-b`: two stand-ins for two GPU kinds.
+`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` keeps every node on 127.0.0.1 (see ENGINES.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+from vramphysics.demo_models import write_tiny_gguf
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is installed by `make test`")
+pytest.importorskip("ray", reason="Ray is the `ray` extra (make test installs it)")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTEXTS = [512, 1024, 2048, 4096]
+_NODE = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(
+        initialize_head=True, head_node_args={**_NODE, "resources": {"gpu:kind-a": 1}}
+    )
+    c.add_node(**_NODE, resources={"gpu:kind-b": 1})
+    c.wait_for_nodes()
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+def _workspace(tmp: Path, **sweep: object) -> Path:
+    models = tmp / "models"
+    models.mkdir()
+    write_tiny_gguf(models / "tiny.gguf")
+    cfg = {
+        "engines": {"llamacpp": {"port": "auto", "model_dir": str(models), "start_timeout_s": 90}},
+        "sweep": {"contexts": CONTEXTS, "settle_s": 0.3, **sweep},
+        "bench": {"max_tokens": 8},
+        "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
+    }
+    (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
+    setups = {"demo": {"devices": ["kind-a", "kind-b"], "models": ["llamacpp:tiny.gguf"]}}
+    (tmp / "setups.yaml").write_text(yaml.safe_dump(setups))
+    return tmp
+
+
+def _cmd(ws: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "runner.py"),
+        "--config",
+        str(ws / "config.yaml"),
+        "--setups",
+        str(ws / "setups.yaml"),
+        "--no-progress",
+        *args,
+    ]
+
+
+def _run(ws: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _cmd(ws, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ws,
+        env=os.environ.copy(),
+        check=False,
+    )
+
+
+def _journal(ws: Path) -> list[dict[str, Any]]:
+    (path,) = (ws / "rep").glob("*.journal.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _db(ws: Path) -> list[dict[str, Any]]:
+    return list(yaml.safe_load((ws / "cal" / "physics.yaml").read_text())["entries"])
+
+
+def _points(journal: list[dict[str, Any]], device: str) -> list[int]:
+    return sorted(r["ctx"] for r in journal if r["kind"] == "point" and r["device"] == device)
+
+
+def _our_engines(ws: Path) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "llama_cpp.server" in cmd and str(ws / "models" / "tiny.gguf") in cmd:
+            out.append(p)
+    return out
+
+
+@pytest.mark.slow
+def test_demo_on_two_kinds_gives_one_entry_per_kind(tmp_path: Path, cluster: Any) -> None:
+    ws = _workspace(tmp_path)
+    result = _run(ws, "--ray", cluster.address)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+    journal = _journal(ws)
+    assert _points(journal, "kind-a") == CONTEXTS
+    assert _points(journal, "kind-b") == CONTEXTS
+    reasons = {r["probe_reason"] for r in journal if r["kind"] == "point"}
+    assert all("advertised kind" in r and "no NVML GPU" in r for r in reasons)
+
+    entries = _db(ws)
+    assert sorted(e["device"] for e in entries) == ["kind-a", "kind-b"]
+    for e in entries:
+        assert e["model"] == "llamacpp:tiny.gguf" and e["n_points"] == len(CONTEXTS)
+        assert e["engine_version"].startswith("llama-cpp-python")
+    benches = sorted(r["device"] for r in journal if r["kind"] == "bench")
+    assert benches == ["kind-a", "kind-b"]
+
+    from openpyxl import load_workbook
+
+    (xlsx,) = (ws / "rep").glob("*.xlsx")
+    cal = load_workbook(xlsx)["Calibration"]
+    cells = {str(c.value) for row in cal.iter_rows(min_row=2) for c in row}
+    assert {"kind-a", "kind-b"} <= cells  # the report lists both
+    assert not _our_engines(ws)
+
+
+def _wait_for_point(ws: Path, device: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        paths = list((ws / "rep").glob("*.journal.jsonl"))
+        if paths and _points(_journal(ws), device):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no point of {device} within {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_lost_node_gives_node_lost_rows_and_resume_completes(
+    tmp_path: Path, cluster: Any
+) -> None:
+    ws = _workspace(tmp_path, settle_s=1.5)
+    proc = subprocess.Popen(
+        _cmd(ws, "--ray", cluster.address),
+        cwd=ws,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_point(ws, "kind-b", timeout_s=180)
+        node_b = next(n for n in cluster.worker_nodes)
+        cluster.remove_node(node_b)  # the second node dies mid-sweep
+        _out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+
+    journal = _journal(ws)
+    assert _points(journal, "kind-a") == CONTEXTS  # the head's rows intact
+    done_b = _points(journal, "kind-b")
+    assert 1 <= len(done_b) < len(CONTEXTS)
+    lost = [r for r in journal if r["kind"] == "status" and r["failure_kind"] == "node_lost"]
+    lost_ctx = {r["ctx"] for r in lost}
+    assert lost_ctx >= set(CONTEXTS) - set(done_b)
+    assert all(r["status"] == "FAILED" and "kind-b" in r["reason"] for r in lost)
+    assert [e["device"] for e in _db(ws)] == ["kind-a"] or len(done_b) >= 3
+
+    cluster.add_node(**_NODE, resources={"gpu:kind-b": 1})
+    cluster.wait_for_nodes()
+    result = _run(ws, "--ray", cluster.address, "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    journal = _journal(ws)
+    assert _points(journal, "kind-b") == CONTEXTS
+    assert _points(journal, "kind-a") == CONTEXTS  # nothing measured twice
+    assert sorted(e["device"] for e in _db(ws)) == ["kind-a", "kind-b"]
+    assert not _our_engines(ws)
