@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +116,7 @@ def test_demo_on_two_kinds_gives_one_entry_per_kind(tmp_path: Path, cluster: Any
     assert "Traceback" not in result.stderr
 
     journal = _journal(ws)
+    assert journal[0]["kind"] == "run" and journal[0]["probe_reason"].startswith("--ray: ")
     assert _points(journal, "kind-a") == CONTEXTS
     assert _points(journal, "kind-b") == CONTEXTS
     reasons = {r["probe_reason"] for r in journal if r["kind"] == "point"}
@@ -189,4 +191,34 @@ def test_lost_node_gives_node_lost_rows_and_resume_completes(tmp_path: Path, clu
     assert _points(journal, "kind-b") == CONTEXTS
     assert _points(journal, "kind-a") == CONTEXTS  # nothing measured twice
     assert sorted(e["device"] for e in _db(ws)) == ["kind-a", "kind-b"]
+    assert not _our_engines(ws)
+
+
+@pytest.mark.slow
+def test_sigint_mid_sweep_stops_the_nodes_and_keeps_the_journal(
+    tmp_path: Path, cluster: Any
+) -> None:
+    ws = _workspace(tmp_path, settle_s=1.5)
+    proc = subprocess.Popen(
+        _cmd(ws, "--ray", cluster.address),
+        cwd=ws,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_point(ws, "kind-a", timeout_s=180)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "internal error" not in err and "Traceback" not in err
+    assert _points(_journal(ws), "kind-a")  # what arrived is kept
+    assert list((ws / "rep").glob("*.xlsx"))  # and reported
+    deadline = time.monotonic() + 30
+    while _our_engines(ws) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not _our_engines(ws)

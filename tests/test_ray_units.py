@@ -13,13 +13,14 @@ from tqdm import tqdm
 
 from tests.test_outcome import TINY, bench, point, status
 from vramphysics.config import config_model, load_config
-from vramphysics.errors import FAILURE_KINDS, ConfigError
+from vramphysics.errors import FAILURE_KINDS, ConfigError, Interrupted
 from vramphysics.journal import Journal
 from vramphysics.outcome import build_outcome
 from vramphysics.probes import GpuInfo, NvmlStatus
 from vramphysics.records import CalibrationPoint, StatusRow, record_from_json
 from vramphysics.runner.ray_driver import (
     Placement,
+    _interruptible,
     _Tracked,
     advertised_kinds,
     lost_rows,
@@ -246,3 +247,24 @@ def test_a_run_without_ray_never_imports_ray(tmp_path: Path) -> None:
     )
     assert "RC 0 RAY False" in out.stdout, out.stdout + out.stderr
     assert list((tmp_path / "rep").glob("*.journal.jsonl"))  # the run did run
+
+
+def test_a_signal_inside_rays_compiled_code_is_an_interrupt() -> None:
+    # Ray's Cython calls turn the Interrupted our handler raises into a SystemError (seen with
+    # SIGINT during ray.wait: "internal error: SystemError ... returned a result with an
+    # exception set", exit 3, no report); the driver must see the Interrupted itself
+    def wait() -> None:
+        try:
+            raise Interrupted(2)
+        except Interrupted as exc:
+            raise SystemError("<cyfunction CoreWorker.wait> returned a result") from exc
+
+    with pytest.raises(Interrupted) as info:
+        _interruptible(wait)
+    assert info.value.signum == 2
+
+    def broken() -> None:
+        raise SystemError("a real one")
+
+    with pytest.raises(SystemError, match="a real one"):
+        _interruptible(broken)

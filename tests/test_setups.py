@@ -433,3 +433,15 @@ def test_bad_device_kinds_name_their_line(
     assert info.value.line == line
     assert message in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_model_line_in_either_form(tmp_path: Path) -> None:
+    from vramphysics.setups import model_line
+    from vramphysics.yamlio import load_yaml
+
+    path = _write(
+        tmp_path, "a:\n  - ol_a:1\n  - ol_b:1\nb:\n  devices: [k]\n  models:\n    - ol_c:1\n"
+    )
+    doc = load_yaml(path, what="test setups")
+    assert model_line(doc, "a", 1) == 3
+    assert model_line(doc, "b", 0) == 7

@@ -195,6 +195,13 @@ def load_setups(path: Path) -> dict[str, list[ModelSpec]]:
     return setups
 
 
+def model_line(doc: Located, setup: str, index: int) -> int | None:
+    """The line of a setup's `index`-th model ID, in either form of a setup."""
+    if isinstance(doc.data, dict) and isinstance(doc.data.get(setup), dict):
+        return doc.line_of(setup, "models", index)
+    return doc.line_of(setup, index)
+
+
 def load_device_kinds(path: Path) -> dict[str, tuple[str, ...]]:
     """The device kinds each setup names (`devices:`); a setup that names none is absent."""
     doc = load_yaml(path, what="test setups")

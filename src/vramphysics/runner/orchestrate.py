@@ -252,6 +252,8 @@ def _run_models(
     # the header states the rule each start follows (its own probes, `guardrail._probe_gpus`)
     gpu_index = cfg.probes.gpu_index if "gpu_index" in cfg.probes.model_fields_set else None
     probe_name, why = run_probe_rule(run.probe_prefer, run.nvml, gpu_index)
+    if getattr(args, "ray", None):  # the rule above is the driver's; the nodes apply their own
+        why = f"--ray: each node applies the rule on its own GPUs (the driver here: {why})"
     stopped: str | None = None  # why the sweep stopped early: a full disk
     try:
         if not any(isinstance(r, RunHeader) for r in run.done):

@@ -15,12 +15,13 @@ Ray is imported here only when `--ray` is given.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from vramphysics.errors import ConfigError
+from vramphysics.errors import ConfigError, Interrupted
 from vramphysics.records import CalibrationPoint, Record, StatusRow, record_from_json
 from vramphysics.runner.ray_task import (
     RESOURCE_PREFIX,
@@ -33,6 +34,7 @@ from vramphysics.setups import ModelSpec
 
 log = logging.getLogger("vramphysics.runner")
 _POLL_S = 0.5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,17 @@ def run_on_ray(
         ray.shutdown()
 
 
+def _interruptible(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`call`, with the Interrupted that our signal handler raised inside Ray's compiled code
+    (which turns it into a SystemError with the Interrupted as its cause) raised as itself."""
+    try:
+        return call(*args, **kwargs)
+    except SystemError as exc:
+        if isinstance(exc.__cause__, Interrupted):
+            raise exc.__cause__ from None
+        raise
+
+
 class _Driver:
     """Places the tasks, drains their records into the journal, turns a lost node into rows."""
 
@@ -207,9 +220,11 @@ class _Driver:
         try:
             while pending:
                 self._drain()
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
+                ready, _ = _interruptible(ray.wait, list(pending), num_returns=1, timeout=0)
                 for ref in ready:
                     self._finished(ref, pending.pop(ref))
+                if not ready:
+                    time.sleep(_POLL_S)  # a signal lands here, in Python, most of the time
             self._drain()
         finally:
             for ref in pending:  # interrupted, or a task raised: stop the others
@@ -233,10 +248,10 @@ class _Driver:
 
     def _drain(self) -> None:
         """Every record the queue holds, into the journal in the order the nodes sent them."""
-        n = self.queue.size()
+        n = _interruptible(self.queue.size)
         if not n:
             return
-        for what, index, payload in self.queue.get_nowait_batch(n):
+        for what, index, payload in _interruptible(self.queue.get_nowait_batch, n):
             tracked = self.tracked[index]
             if what == "hello":
                 tracked.label, tracked.host = payload["label"], payload["host"]
