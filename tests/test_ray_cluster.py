@@ -45,10 +45,15 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         c.shutdown()
 
 
-def _workspace(tmp: Path, **sweep: object) -> Path:
+TINY, TINY2 = "llamacpp:tiny.gguf", "llamacpp:tiny2.gguf"
+DEMO = {"demo": {"devices": ["kind-a", "kind-b"], "models": [TINY]}}
+
+
+def _workspace(tmp: Path, setups: dict[str, Any] = DEMO, **sweep: object) -> Path:
     models = tmp / "models"
     models.mkdir()
     write_tiny_gguf(models / "tiny.gguf")
+    write_tiny_gguf(models / "tiny2.gguf")
     cfg = {
         "engines": {"llamacpp": {"port": "auto", "model_dir": str(models), "start_timeout_s": 90}},
         "sweep": {"contexts": CONTEXTS, "settle_s": 0.3, **sweep},
@@ -56,7 +61,6 @@ def _workspace(tmp: Path, **sweep: object) -> Path:
         "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
-    setups = {"demo": {"devices": ["kind-a", "kind-b"], "models": ["llamacpp:tiny.gguf"]}}
     (tmp / "setups.yaml").write_text(yaml.safe_dump(setups))
     return tmp
 
@@ -95,15 +99,19 @@ def _db(ws: Path) -> list[dict[str, Any]]:
     return list(yaml.safe_load((ws / "cal" / "physics.yaml").read_text())["entries"])
 
 
-def _points(journal: list[dict[str, Any]], device: str) -> list[int]:
-    return sorted(r["ctx"] for r in journal if r["kind"] == "point" and r["device"] == device)
+def _points(journal: list[dict[str, Any]], device: str, model: str = TINY) -> list[int]:
+    return sorted(
+        r["ctx"]
+        for r in journal
+        if r["kind"] == "point" and r["device"] == device and r["model"] == model
+    )
 
 
 def _our_engines(ws: Path) -> list[psutil.Process]:
     out = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "llama_cpp.server" in cmd and str(ws / "models" / "tiny.gguf") in cmd:
+        if "llama_cpp.server" in cmd and any(str(ws / "models") in c for c in cmd):
             out.append(p)
     return out
 
@@ -151,7 +159,12 @@ def _wait_for_point(ws: Path, device: str, timeout_s: float) -> None:
 
 @pytest.mark.slow
 def test_lost_node_gives_node_lost_rows_and_resume_completes(tmp_path: Path, cluster: Any) -> None:
-    ws = _workspace(tmp_path, settle_s=1.5)
+    # kind-b has two models: one runs when its node dies, the other waits for that node
+    setups = {
+        "a": {"devices": ["kind-a"], "models": [TINY]},
+        "b": {"devices": ["kind-b"], "models": [TINY, TINY2]},
+    }
+    ws = _workspace(tmp_path, setups, settle_s=1.5)
     proc = subprocess.Popen(
         _cmd(ws, "--ray", cluster.address),
         cwd=ws,
@@ -162,7 +175,7 @@ def test_lost_node_gives_node_lost_rows_and_resume_completes(tmp_path: Path, clu
     )
     try:
         _wait_for_point(ws, "kind-b", timeout_s=180)
-        node_b = next(n for n in cluster.worker_nodes)
+        node_b = next(iter(cluster.worker_nodes))
         cluster.remove_node(node_b)  # the second node dies mid-sweep
         _out, err = proc.communicate(timeout=400)
     finally:
@@ -172,25 +185,28 @@ def test_lost_node_gives_node_lost_rows_and_resume_completes(tmp_path: Path, clu
 
     journal = _journal(ws)
     assert _points(journal, "kind-a") == CONTEXTS  # the head's rows intact
-    done_b = _points(journal, "kind-b")
-    assert 1 <= len(done_b) < len(CONTEXTS)
     lost = [r for r in journal if r["kind"] == "status" and r["failure_kind"] == "node_lost"]
-    lost_ctx = {r["ctx"] for r in lost}
-    assert lost_ctx >= set(CONTEXTS) - set(done_b)
     assert all(r["status"] == "FAILED" and "kind-b" in r["reason"] for r in lost)
+    done_b = {m: _points(journal, "kind-b", m) for m in (TINY, TINY2)}
+    running, waiting = sorted(done_b, key=lambda m: -len(done_b[m]))
+    assert 1 <= len(done_b[running]) < len(CONTEXTS) and done_b[waiting] == []
+    for model in (running, waiting):
+        lost_ctx = {r["ctx"] for r in lost if r["model"] == model}
+        assert lost_ctx == set(CONTEXTS) - set(done_b[model]), model
+    assert all("any more" in r["reason"] for r in lost if r["model"] == waiting)
     # kind-b has an entry only once it has min_points (3) points
-    assert sorted(e["device"] for e in _db(ws)) == ["kind-a"] + (
-        ["kind-b"] if len(done_b) >= 3 else []
-    )
+    expected = ["kind-a"] + (["kind-b"] if len(done_b[running]) >= 3 else [])
+    assert sorted(e["device"] for e in _db(ws)) == expected
 
     cluster.add_node(**_NODE, resources={"gpu:kind-b": 1})
     cluster.wait_for_nodes()
     result = _run(ws, "--ray", cluster.address, "--resume")
     assert result.returncode == 0, result.stderr[-3000:]
     journal = _journal(ws)
-    assert _points(journal, "kind-b") == CONTEXTS
+    assert _points(journal, "kind-b", TINY) == _points(journal, "kind-b", TINY2) == CONTEXTS
     assert _points(journal, "kind-a") == CONTEXTS  # nothing measured twice
-    assert sorted(e["device"] for e in _db(ws)) == ["kind-a", "kind-b"]
+    entries = sorted((e["model"], e["device"]) for e in _db(ws))
+    assert entries == [(TINY, "kind-a"), (TINY, "kind-b"), (TINY2, "kind-b")]
     assert not _our_engines(ws)
 
 

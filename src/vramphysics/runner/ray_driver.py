@@ -34,6 +34,7 @@ from vramphysics.setups import ModelSpec
 
 log = logging.getLogger("vramphysics.runner")
 _POLL_S = 0.5
+_CHECK_S = 5.0  # how often the driver looks for tasks whose kind has no live node left
 T = TypeVar("T")
 
 
@@ -217,12 +218,16 @@ class _Driver:
         import ray
 
         pending = {self._submit(t.placement): t for t in self.tracked.values()}
+        next_check = time.monotonic() + _CHECK_S
         try:
             while pending:
                 self._drain()
                 ready, _ = _interruptible(ray.wait, list(pending), num_returns=1, timeout=0)
                 for ref in ready:
                     self._finished(ref, pending.pop(ref))
+                if time.monotonic() >= next_check:
+                    self._orphans(pending)
+                    next_check = time.monotonic() + _CHECK_S
                 if not ready:
                     time.sleep(_POLL_S)  # a signal lands here, in Python, most of the time
             self._drain()
@@ -236,15 +241,31 @@ class _Driver:
         from ray.exceptions import NodeDiedError, WorkerCrashedError
 
         try:
-            ray.get(ref)
+            _interruptible(ray.get, ref)
         except (NodeDiedError, WorkerCrashedError) as exc:
-            self._drain()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            why = f"{type(exc).__name__}: {first}"[:300]
-            log.warning("%s on %s: %s", tracked.placement.spec.raw, tracked.placement.kind, why)
-            for row in lost_rows(self.the_run, tracked, why):
-                self.the_run.record(row)
-                self.the_run.progress.update(1)
+            self._lost(tracked, f"{type(exc).__name__}: {first}"[:300])
+
+    def _orphans(self, pending: dict[Any, _Tracked]) -> None:
+        """Tasks whose kind no live node advertises any more (its only node died, the task was
+        waiting for it): Ray would keep them waiting for ever; they are lost too."""
+        import ray
+
+        live = advertised_kinds(_interruptible(ray.nodes))
+        for ref, tracked in list(pending.items()):
+            kind = tracked.placement.kind
+            if kind not in live:
+                ray.cancel(ref, force=True)
+                del pending[ref]
+                self._lost(tracked, f"no live Ray node advertises {RESOURCE_PREFIX}{kind} any more")
+
+    def _lost(self, tracked: _Tracked, why: str) -> None:
+        """FAILED `node_lost` rows for the task's unfinished steps, after what it had sent."""
+        self._drain()
+        log.warning("%s on %s: %s", tracked.placement.spec.raw, tracked.placement.kind, why)
+        for row in lost_rows(self.the_run, tracked, why):
+            self.the_run.record(row)
+            self.the_run.progress.update(1)
 
     def _drain(self) -> None:
         """Every record the queue holds, into the journal in the order the nodes sent them."""
