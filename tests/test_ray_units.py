@@ -92,6 +92,20 @@ def test_ray_missing_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
         run_on_ray(_run(tmp_path), "auto", [("demo", SPEC)], {}, tmp_path / "s.yaml")
 
 
+def test_no_cluster_at_the_address_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ray
+
+    def init(**kw: Any) -> None:
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(ConfigError) as info:
+        run_on_ray(_run(tmp_path), "auto", [("demo", SPEC)], {}, tmp_path / "s.yaml")
+    assert str(info.value).startswith("--ray auto: no Ray cluster answers there")
+
+
 # -- the node: device label, journal, resumed records ----------------------------------------
 
 

@@ -158,7 +158,10 @@ def run_on_ray(
     except ImportError as exc:
         raise ConfigError(f"--ray needs Ray: pip install -e '.[ray]' ({exc})") from exc
 
-    ray.init(address=address, log_to_driver=True, configure_logging=False)
+    try:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    except ConnectionError as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster answers there ({exc})") from exc
     try:
         placements = plan_placements(
             chosen, kinds_by_setup, advertised_kinds(ray.nodes()), setups_path
