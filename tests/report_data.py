@@ -1,9 +1,18 @@
 """Journal records the report tests share: a demo-like llama.cpp model (with a MISSING and a
-FAILED one beside it) and a vLLM model calibrated from its engine's own KV figures."""
+FAILED one beside it) and a vLLM model calibrated from its engine's own KV figures.
+
+The llama.cpp model has three benchmark cells at ctx 2048: prompts of 128 and 1024 tokens one
+at a time (the large one with a failed request), and 128 tokens four at a time; the journal also
+holds the requests of the 128-token cell and of the large one.
+"""
 
 from __future__ import annotations
 
+from bench_data import a_cell, a_request, stats
+
 from vramphysics.records import (
+    BenchCell,
+    BenchRequest,
     BenchResult,
     CalibrationPoint,
     ModelInfo,
@@ -60,6 +69,107 @@ def _point(ctx: int) -> CalibrationPoint:
     )
 
 
+PREDICTED = 1e8 + 4096 * 2048  # the fit's prediction at the benchmark's context
+SMALL_TTFT_P50 = 12.3456
+LARGE_TTFT_P50 = 60.0
+
+
+def ok_cells() -> list[BenchCell]:
+    """The llama.cpp model's cells, in the order a run journals them."""
+    common = dict(model=OK_ID, ctx=2048, predicted_bytes=PREDICTED, engine_version="llama.cpp b1")
+    return [
+        a_cell(
+            **common,
+            cell="p1024-o64-c1",
+            prompt_tokens_target=1024,
+            prompt_tokens=1023.0,
+            n_measured=4,
+            n_failed=1,
+            ttft_ms=stats(LARGE_TTFT_P50, n=4),
+            decode_tokens_per_s=240.0,
+            peak_bytes=112_000_000,
+        ),
+        a_cell(
+            **common,
+            cell="p128-o64-c1",
+            prompt_tokens_target=128,
+            prompt_tokens=127.0,
+            ttft_ms=stats(SMALL_TTFT_P50),
+            decode_tokens_per_s=250.0,
+            peak_bytes=110_000_000,
+        ),
+        a_cell(
+            **common,
+            cell="p128-o64-c4",
+            concurrency=4,
+            prompt_tokens_target=128,
+            prompt_tokens=127.0,
+            n_measured=8,
+            ttft_ms=stats(20.0, n=8),
+            decode_tokens_per_s=200.0,
+            peak_bytes=111_000_000,
+        ),
+    ]
+
+
+def ok_requests() -> list[BenchRequest]:
+    """The 128-token cell's cold, warm-up and measured requests, and the large cell's failure."""
+    common = dict(model=OK_ID, ctx=2048, cell="p128-o64-c1", prompt_tokens=127)
+    out = [a_request(**common, phase="cold", index=0, ttft_ms=80.0)]
+    out += [a_request(**common, phase="warmup", index=i) for i in range(2)]
+    out += [
+        a_request(**common, phase="measured", index=i, itl_ms=[2.0, 3.0, 5.0], ttft_ms=12.0 + i)
+        for i in range(5)
+    ]
+    out.append(
+        a_request(
+            model=OK_ID,
+            ctx=2048,
+            cell="p1024-o64-c1",
+            prompt_tokens_target=1024,
+            phase="measured",
+            index=4,
+            ok=False,
+            error="request timed out after 60 s",
+            prompt_tokens=None,
+            output_tokens=None,
+            ttft_ms=None,
+            tpot_ms=None,
+            e2e_ms=None,
+            itl_ms=[],
+            finish_reason=None,
+        )
+    )
+    return out
+
+
+def ok_bench() -> list[Record]:
+    return [*ok_requests(), *ok_cells()]
+
+
+def legacy_bench() -> BenchResult:
+    """An old journal's single benchmark request of the llama.cpp model (kind "bench")."""
+    return BenchResult(
+        model=OK_ID,
+        engine="llamacpp",
+        ctx=2048,
+        ttft_ms=12.3456,
+        output_tokens=64,
+        prompt_tokens=17,
+        token_source="engine-usage",
+        decode_tokens_per_s=250.0,
+        e2e_tokens_per_s=200.0,
+        prefill_tokens_per_s=1360.0,
+        setup_s=2.0,
+        exec_s=0.32,
+        cleanup_s=0.1,
+        peak_bytes=2 * GIB,
+        probe="process",
+        device="cpu",
+        engine_version="llama.cpp b1",
+    )
+
+
 def records() -> list[Record]:
     return [
         _header(),
@@ -76,25 +186,7 @@ def records() -> list[Record]:
         _point(512),
         _point(1024),
         _point(2048),
-        BenchResult(
-            model=OK_ID,
-            engine="llamacpp",
-            ctx=2048,
-            ttft_ms=12.3456,
-            output_tokens=64,
-            prompt_tokens=17,
-            token_source="engine-usage",
-            decode_tokens_per_s=250.0,
-            e2e_tokens_per_s=200.0,
-            prefill_tokens_per_s=1360.0,
-            setup_s=2.0,
-            exec_s=0.32,
-            cleanup_s=0.1,
-            peak_bytes=2 * GIB,
-            probe="process",
-            device="cpu",
-            engine_version="llama.cpp b1",
-        ),
+        *ok_bench(),
         StatusRow(model=OK_ID, engine="llamacpp", status="OK", reason="3 points"),
         ModelInfo(
             model=MISSING_ID,
@@ -184,21 +276,18 @@ def vllm_records() -> list[Record]:
         ),
         _vllm_point(2048, 0),
         _vllm_point(4096, 1),
-        BenchResult(
+        a_cell(
             model=VLLM_ID,
             engine="vllm",
             ctx=4096,
-            ttft_ms=40.0,
-            output_tokens=64,
-            prompt_tokens=20,
-            token_source="engine-usage",
+            cell="p20-o64-c1",
+            prompt_tokens_target=20,
+            prompt_tokens=20.0,
+            ttft_ms=stats(40.0),
             decode_tokens_per_s=90.0,
-            e2e_tokens_per_s=80.0,
-            prefill_tokens_per_s=500.0,
-            setup_s=60.0,
-            exec_s=0.8,
-            cleanup_s=2.0,
             peak_bytes=26 * GIB,
+            predicted_bytes=VLLM_BASE + VLLM_POOL,
+            memory_metric="device-used",
             probe="nvml",
             device=H100,
             engine_version="vllm 0.11",

@@ -18,7 +18,7 @@ from vramphysics.calibrate import (
     fit_linear,
     measure_point,
 )
-from vramphysics.config import Config, SweepConfig
+from vramphysics.config import BenchConfig, Config, SweepConfig
 from vramphysics.engines.base import Availability, Completion, Engine, MemoryComponents
 from vramphysics.errors import EngineError
 from vramphysics.probes import DEVICE_USED, PSS, RSS, Probe, ProbeChoice, ProbeReadError
@@ -351,11 +351,11 @@ def test_the_sweep_records_a_failed_baseline_as_a_failed_context_and_goes_on(
     monkeypatch.setattr(model_step, "_guardrail", lambda *a: True)
     records: list[Any] = []
     run = SimpleNamespace(
-        cfg=Config(sweep=SweepConfig(settle_s=0.0)),
+        cfg=Config(sweep=SweepConfig(settle_s=0.0), bench=BenchConfig(enabled=False)),
         progress=SimpleNamespace(set_description=lambda d: None, update=lambda n: None),
         record=records.append,
         point_done=lambda model, ctx: False,
-        bench_done=lambda model: True,
+        done=records,
     )
     spec = parse_model_id("llamacpp:tiny.gguf")
     n_failed = model_step._sweep(run, engine, spec, [512, 1024, 2048], None)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from vramphysics.cli import main
+from vramphysics.cli.plan import INSTALLED_VERSION_FACT
 from vramphysics.demo_models import write_tiny_gguf
+from vramphysics.engines import registry
 from vramphysics.physics_db import PhysicsEntry, load, write_entries
 
 FIXTURES = Path(__file__).parent / "fixtures" / "theory"
@@ -435,3 +438,93 @@ def test_inverse_is_capped_at_max_position_embeddings(
     doc = run_json(capsys, [*args, "--budget-gib", "20", "--hf-config", str(folder)])
     assert (doc["ctx"], doc["max_context"], doc["fits"]) == (4096, 4096, True)
     assert any("maximum context of 4096" in m for m in doc["messages"])
+
+
+# --------------------------------------------------------------------------- engine version
+
+
+def _installed_version(monkeypatch: pytest.MonkeyPatch, version: str | None) -> None:
+    """The engine's advice tells plan which version is installed here (the fact it gives)."""
+    real_get = registry.get
+
+    def get(name: str) -> registry.EngineInfo:
+        info = real_get(name)
+
+        def advice(plan: Any, request: registry.AdviceRequest) -> registry.Advice:
+            given = info.advice(plan, request)
+            facts = {**given.facts, INSTALLED_VERSION_FACT: version}
+            return dataclasses.replace(given, facts=facts)
+
+        return dataclasses.replace(info, advice=advice)
+
+    monkeypatch.setattr(registry, "get", get)
+
+
+def _plan_llamacpp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], measured_with: str, *flags: str
+) -> tuple[dict[str, Any], str]:
+    db = tmp_path / "physics.yaml"
+    entry = PhysicsEntry(
+        engine="llamacpp",
+        model="llamacpp:tiny.gguf",
+        device="cpu",
+        base_bytes=GIB,
+        cost_per_token_bytes=4096.0,
+        engine_version=measured_with,
+        settings={"n_gpu_layers": -1},
+    )
+    write_entries(db, [entry])
+    args = ["plan", "--physics", str(db), "--engine", "llamacpp", "--model", "llamacpp:tiny.gguf"]
+    args += ["--device", "cpu", "--total-gib", "8", "--used-gib", "0", "--ctx", "4096", *flags]
+    doc = run_json(capsys, args)
+    assert main(args) == 0
+    return doc, capsys.readouterr().out
+
+
+def test_plan_warns_when_the_calibration_was_measured_with_another_engine_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _installed_version(monkeypatch, "llama-cpp-python 0.3.16")
+    doc, text = _plan_llamacpp(tmp_path, capsys, "llama-cpp-python 0.3.9")
+    (warning,) = [m for m in doc["messages"] if m.startswith("warning: ")]
+    assert "measured with llama-cpp-python 0.3.9" in warning
+    assert "llama-cpp-python 0.3.16 is installed here" in warning
+    assert f"- {warning}" in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("measured", "installed"),
+    [
+        ("llama-cpp-python 0.3.16", "llama-cpp-python 0.3.16"),  # the same version
+        ("llama-cpp-python 0.3.9", None),  # the engine cannot tell
+        ("llama-cpp-python 0.3.9", "llama-cpp-python (not installed)"),
+        ("unknown", "llama-cpp-python 0.3.16"),  # typed by hand, or an old entry
+        ("llama-server", "llama-cpp-python 0.3.16"),  # no version in the entry
+    ],
+)
+def test_plan_says_nothing_about_versions_when_equal_or_unknown(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    measured: str,
+    installed: str | None,
+) -> None:
+    _installed_version(monkeypatch, installed)
+    doc, text = _plan_llamacpp(tmp_path, capsys, measured)
+    assert not [m for m in doc["messages"] if "installed here" in m]
+    assert "installed here" not in text
+
+
+def test_plan_from_theory_has_no_version_warning(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_gguf: Path,
+) -> None:
+    _installed_version(monkeypatch, "llama-cpp-python 0.3.16")
+    args = ["plan", "--physics", str(tmp_path / "none.yaml"), "--engine", "llamacpp"]
+    args += ["--model", "llamacpp:tiny.gguf", "--device", "cpu", "--total-gib", "8"]
+    args += ["--used-gib", "0", "--ctx", "1024", "--gguf", str(tiny_gguf)]
+    doc = run_json(capsys, args)
+    assert doc["source"] == "theory"
+    assert not [m for m in doc["messages"] if "installed here" in m]

@@ -9,6 +9,8 @@ import pytest
 from vramphysics.config import Config, load_config
 from vramphysics.errors import ConfigError
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +36,8 @@ def test_empty_file_gives_the_defaults_resolved_next_to_it(tmp_path: Path) -> No
     assert cfg.sweep.min_points == 3
     assert cfg.probes.interval_ms == 50.0
     assert cfg.probes.prefer == "auto"
-    assert cfg.bench.max_tokens == 64
+    assert cfg.bench.prompt_tokens == [128, 1024] and cfg.bench.output_tokens == 64
+    assert (cfg.bench.repetitions, cfg.bench.warmup_requests, cfg.bench.concurrency) == (5, 2, [1])
     assert cfg.loadouts == {}
     base = tmp_path.resolve()
     assert cfg.paths.calibration_dir == base / "calibration"
@@ -124,7 +127,7 @@ def test_unknown_key_names_file_key_and_line(
             3,
             "less than or equal to 1",
         ),
-        ("bench:\n  max_tokens: 1.5\n", "bench.max_tokens", 2, "fractional"),
+        ("bench:\n  output_tokens: 1.5\n", "bench.output_tokens", 2, "fractional"),
         ("engines:\n  ollama:\n    keep_alive: 5\n", "engines.ollama.keep_alive", 3, "string"),
         ("engines: 3\n", "engines", 1, "dictionary"),
         ("loadouts: null\n", "loadouts", 1, "dictionary"),
@@ -291,3 +294,9 @@ def test_vllm_gpus_are_chosen_by_gpus_not_env(tmp_path: Path) -> None:
 
 def test_default_vllm_container_name_holds_the_model() -> None:
     assert Config().engines.vllm.container_name == "vram-physics-vllm-{model}"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in ROOT_DIR.glob("config*.yaml")))
+def test_every_shipped_config_is_valid(name: str) -> None:
+    """config.yaml, config.cpu-vllm.yaml, config.cpu-vlm.yaml: `make demo*` loads them."""
+    load_config(ROOT_DIR / name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from bench_data import a_cell, a_request, stats
 
 from vramphysics.outcome import build_outcome, engine_kv_fit, model_key
 from vramphysics.records import (
@@ -13,6 +14,7 @@ from vramphysics.records import (
     ModelInfo,
     Record,
     RunHeader,
+    Stats,
     StatusRow,
     WarningRow,
 )
@@ -164,7 +166,7 @@ def test_points_become_an_entry_with_the_fit() -> None:
     assert out.status_counts() == {"OK": 1}
     assert out.engine_versions == {"llamacpp": "llamacpp 1.0"}
     assert [p.ctx for p in out.points] == [512, 1024, 2048]
-    assert len(out.benches) == 1
+    assert len(out.cells) == 1 and out.cells[0].n_measured == 1  # an old journal's request
 
 
 def test_a_benchmark_at_another_context_counts_as_a_start() -> None:
@@ -484,3 +486,53 @@ def test_the_device_total_of_several_gpus_is_their_sum() -> None:
     assert _device_total(header, "NVIDIA H200 + NVIDIA L4") == 165 * gib
     assert _device_total(header, "NVIDIA L4") == 24 * gib
     assert _device_total(header, "3x NVIDIA H200") is None
+
+
+def test_cells_in_journal_order_a_redone_cell_replaces_the_first() -> None:
+    """A resumed run that re-does a cell journals it again: the last one wins, in its place;
+    its requests replace the first attempt's."""
+    first = a_cell(cell="p128-o64-c1", ttft_ms=stats(99.0))
+    large = a_cell(cell="p1024-o64-c1", prompt_tokens_target=1024)
+    again = a_cell(cell="p128-o64-c1", ttft_ms=stats(30.0))
+    other_ctx = a_cell(cell="p128-o64-c1", ctx=4096)
+    requests = [a_request(ttft_ms=99.0), a_request(index=1), a_request(ttft_ms=11.0)]
+    out = build_outcome([first, *requests[:2], large, again, requests[2], other_ctx])
+    assert [(c.ctx, c.cell, c.ttft_ms.p50) for c in out.cells] == [
+        (8192, "p128-o64-c1", 30.0),
+        (8192, "p1024-o64-c1", 30.0),
+        (4096, "p128-o64-c1", 30.0),
+    ]
+    assert [(r.index, r.ttft_ms) for r in out.requests] == [(0, 11.0), (1, 30.0)]
+
+
+def test_an_old_bench_line_is_a_cell_of_one_request() -> None:
+    out = build_outcome([bench(ctx=2048)])
+    (cell,) = out.cells
+    assert (cell.model, cell.ctx, cell.cell, cell.concurrency) == (TINY, 2048, "legacy-1", 1)
+    assert (cell.n_measured, cell.n_failed, cell.prompt_tokens, cell.output_tokens) == (
+        1,
+        0,
+        17.0,
+        64.0,
+    )
+    assert cell.ttft_ms == Stats(
+        n=1, mean=12.5, std=0.0, min=12.5, p50=12.5, p90=12.5, p99=12.5, max=12.5
+    )
+    assert cell.tpot_ms.p50 == pytest.approx(4.0)  # 1000 / 250 tok/s
+    assert cell.e2e_ms.p50 == pytest.approx(320.0)  # 64 tokens at 200 tok/s
+    assert cell.itl_ms == Stats(n=0)
+    assert cell.peak_bytes is None  # the start-up peak is not memory during the request
+    assert "start-up peak 0.075 GiB" in cell.note
+    assert out.requests == ()
+
+
+def test_every_benchmarked_context_counts_as_a_start() -> None:
+    records: list[Record] = [
+        info(),
+        *(point(c, line(c)) for c in (512, 1024, 2048)),
+        a_cell(model=TINY, ctx=2048),
+        a_cell(model=TINY, ctx=2048, cell="p1024-o64-c1"),  # the same start
+        a_cell(model=TINY, ctx=8192),
+        status(TINY, "OK"),
+    ]
+    assert build_outcome(records).entries[0].engine_starts == 4

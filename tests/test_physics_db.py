@@ -22,6 +22,7 @@ from vramphysics.physics_db import (
     tag_matches,
     write_entries,
 )
+from vramphysics.provenance import Provenance, Source
 from vramphysics.yamlio import dump_yaml
 
 
@@ -80,7 +81,7 @@ def test_round_trip_through_the_file(tmp_path: Path) -> None:
     assert got[e1.key].points == ((512, 70_246_400.0), (1024, 73_420_800.0), (2048, 77_725_696.0))
     assert isinstance(got[e1.key].points[0][0], int)
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     assert doc["entries"][0]["settings_tag"] == e1.settings_tag  # written for readers
     assert "bytes" in doc["units"]
     assert doc["entries"][0]["points"][0] == [512, 70_246_400.0]
@@ -326,7 +327,7 @@ def test_schema_1_file_is_migrated(tmp_path: Path) -> None:
     assert loaded.settings_tag == "kv=default,ngl=all#" + settings_hash({"n_gpu_layers": -1})
     write_entries(path, [entry("other")])
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert doc["schema_version"] == 2
+    assert doc["schema_version"] == 3
     assert [e["settings_tag"] for e in doc["entries"]] == [loaded.settings_tag] * 2
 
 
@@ -423,3 +424,84 @@ def test_a_shared_value_is_written_out_not_aliased(tmp_path: Path) -> None:
             "entries": [e.to_yaml_dict()],
         }
     )
+
+
+# --------------------------------------------------------------------------- provenance (issue 14)
+
+
+def test_provenance_round_trips_through_the_file(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    older = Source(
+        database="/in/box-b.yaml",
+        host="box-b",
+        run_id="20260101-000000",
+        tool_version="0.0.9",
+        engine_version="llama-cpp-python 0.3.15",
+        driver="550.54",
+        calibrated_at="2026-01-01T00:00:00+00:00",
+        base_bytes=7e7,
+        cost_per_token_bytes=4300.0,
+    )
+    e = dataclasses.replace(
+        entry(),
+        provenance=Provenance(
+            host="box-a", run_id="20260102-030405", tool_version="0.1.0", sources=(older,)
+        ),
+    )
+    write_entries(path, [e])
+    (loaded,) = load(path)
+    assert loaded == e
+    assert loaded.provenance.sources[0].host == "box-b"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert doc["entries"][0]["provenance"]["host"] == "box-a"
+    assert doc["entries"][0]["provenance"]["sources"][0]["run_id"] == "20260101-000000"
+
+
+def test_schema_2_file_loads_with_empty_provenance_and_is_saved_as_schema_3(
+    tmp_path: Path,
+) -> None:
+    path = db_path(tmp_path)
+    old = entry().to_yaml_dict()
+    del old["provenance"]  # what schema 2 wrote
+    path.write_text(yaml.safe_dump({"schema_version": 2, "entries": [old]}), encoding="utf-8")
+    (loaded,) = load(path)
+    assert loaded.provenance == Provenance()
+    assert (loaded.provenance.host, loaded.provenance.run_id, loaded.provenance.sources) == (
+        None,
+        None,
+        (),
+    )
+    write_entries(path, [entry("other")])
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert doc["schema_version"] == 3
+    assert [e["provenance"]["host"] for e in doc["entries"]] == [None, None]
+
+
+def test_a_bad_provenance_field_names_the_field_and_line(tmp_path: Path) -> None:
+    path = db_path(tmp_path)
+    text = HAND.replace("schema_version: 2", "schema_version: 3") + (
+        "    provenance:\n      host: box\n      hots: typo\n"
+    )
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert "unknown field 'provenance[hots]'" in str(info.value)
+    assert info.value.line == 11
+    assert "hots" in path.read_text().splitlines()[info.value.line - 1]
+
+
+def test_the_runner_stamps_each_entry_with_host_run_and_versions(tmp_path: Path) -> None:
+    """finalize (the runner's last step) writes entries whose provenance names the run."""
+    from test_outcome import header, info, point
+
+    from vramphysics.config import load_config
+    from vramphysics.runner.finish import finalize
+
+    (tmp_path / "config.yaml").write_text("sweep: {min_points: 3}\n", encoding="utf-8")
+    cfg = load_config(tmp_path / "config.yaml")
+    points = [point(c, 1e8 + c * 4096, at="2026-01-02T03:04:05+00:00") for c in (512, 1024, 2048)]
+    done = finalize(cfg, "r1", [header(), info(), *points])
+    assert not done.errors
+    (e,) = load(db_path(cfg.paths.calibration_dir))
+    assert e.provenance == Provenance(host="box", run_id="r1", tool_version="0.1.0")
+    assert (e.engine_version, e.driver) == ("llamacpp 1.0", "550.54")

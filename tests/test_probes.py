@@ -556,7 +556,12 @@ def test_demo_on_a_gpu_machine_with_a_cpu_llamacpp_is_measured_by_the_process_tr
             }
         },
         "sweep": {"contexts": [512, 1024, 2048], "settle_s": 0.3, "min_points": 3},
-        "bench": {"max_tokens": 4},
+        "bench": {
+            "prompt_tokens": [32],
+            "output_tokens": 4,
+            "repetitions": 2,
+            "warmup_requests": 0,
+        },
         "paths": {k: str(tmp_path / k) for k in ("calibration_dir", "report_dir", "state_dir")},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))

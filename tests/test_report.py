@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from openpyxl import Workbook, load_workbook
+from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 from report_data import FAILED_ID, MIB, MISSING_ID, OK_ID, SECRET, VLLM_ID, records, vllm_records
 
@@ -16,6 +17,7 @@ from vramphysics.report import (
     CALIBRATION_COLUMNS,
     FAILURE_COLUMNS,
     POINT_COLUMNS,
+    REQUEST_COLUMNS,
     Column,
     ExtraSheet,
     write_report,
@@ -61,6 +63,7 @@ def test_sheets(workbook: Workbook) -> None:
         "Calibration",
         "Points",
         "Benchmarks",
+        "Requests",
         "Failures",
         "ChartData",
     ]
@@ -74,6 +77,7 @@ def test_sheets(workbook: Workbook) -> None:
         ("Calibration", CALIBRATION_COLUMNS),
         ("Points", POINT_COLUMNS),
         ("Benchmarks", BENCH_COLUMNS),
+        ("Requests", REQUEST_COLUMNS),
         ("Failures", FAILURE_COLUMNS),
     ],
 )
@@ -99,9 +103,16 @@ def test_every_header_has_a_comment(
         ("Points", "Context (tokens)"),
         ("Points", "Measured (MiB)"),
         ("Points", "Ready (s)"),
-        ("Benchmarks", "TTFT (ms)"),
+        ("Benchmarks", "TTFT p50 (ms)"),
+        ("Benchmarks", "TPOT p99 (ms)"),
+        ("Benchmarks", "ITL p90 (ms)"),
+        ("Benchmarks", "E2E p50 (ms)"),
         ("Benchmarks", "Decode (tokens/s)"),
+        ("Benchmarks", "Requests (req/s)"),
         ("Benchmarks", "Peak memory (GiB)"),
+        ("Benchmarks", "Predicted memory (GiB)"),
+        ("Requests", "TTFT (ms)"),
+        ("Requests", "ITL p50 (ms)"),
         ("Failures", "Max context (tokens)"),
     ],
 )
@@ -110,16 +121,29 @@ def test_units_in_headers(workbook: Workbook, sheet: str, header: str) -> None:
 
 
 def test_every_figure_column_names_a_unit() -> None:
-    dimensionless = {"r2", "Points", "Samples", "Measured/theory", "Output tokens", "Prompt tokens"}
+    dimensionless = {
+        "r2",
+        "Points",
+        "Samples",
+        "Measured/theory",
+        "Peak/predicted",
+        "N measured",
+        "ITL count",
+    }
     figure_words = re.compile(
-        r"Base|Cost|GiB|Theory|Engine KV|Measured|Peak|Baseline|residual|"
-        r"Ready|TTFT|Decode|End-to-end|Prefill|Setup|Exec|Cleanup|Load|Context"
+        r"Base|Cost|GiB|Theory|Engine KV|Measured|Peak|Baseline|residual|Ready|TTFT|TPOT|ITL|"
+        r"E2E|Decode|Prefill|Load|Context|Window|Requests|Output|Prompt|Steady|Predicted|Start"
     )
-    for col in (*CALIBRATION_COLUMNS, *POINT_COLUMNS, *BENCH_COLUMNS, *FAILURE_COLUMNS):
+    for col in (
+        *CALIBRATION_COLUMNS,
+        *POINT_COLUMNS,
+        *BENCH_COLUMNS,
+        *REQUEST_COLUMNS,
+        *FAILURE_COLUMNS,
+    ):
         if figure_words.search(col.header) and col.header not in dimensionless:
-            assert re.search(r"\((GiB|MiB|B|B/token|tokens|tokens/s|ms|s)\)|GiB", col.header), (
-                col.header
-            )
+            unit = r"\((GiB|MiB|B|B/token|tokens|tokens/s|req/s|ms|s)\)|GiB"
+            assert re.search(unit, col.header), col.header
 
 
 def test_calibration_figures(workbook: Workbook) -> None:
@@ -166,14 +190,15 @@ def test_points_sheet(workbook: Workbook) -> None:
 
 def test_benchmarks_sheet_has_numbers(workbook: Workbook) -> None:
     ws = workbook["Benchmarks"]
-    r = _row_by(ws, OK_ID)
-    ttft = ws.cell(row=r, column=4)
+    r = _row_by(ws, OK_ID)  # the model's first row: its smallest prompt, one at a time
+    headers = [c.value for c in ws[1]]
+    ttft = ws.cell(row=r, column=headers.index("TTFT p50 (ms)") + 1)
     assert ttft.data_type == "n"
     assert ttft.value == 12.35  # rounded to 2 places
     row = _rows(ws)[r - 2]
     assert row["Decode (tokens/s)"] == 250.0
-    assert row["Output tokens"] == 64
-    assert row["Peak memory (GiB)"] == 2.0
+    assert row["Output (tokens)"] == 64
+    assert row["Peak memory (GiB)"] == round(110_000_000 / GIB, 4)
     assert row["Status"] == "OK"
 
 
@@ -202,6 +227,8 @@ def test_summary(workbook: Workbook) -> None:
     assert summary["Models FAILED"] == 1
     assert summary["Points measured"] == 3
     assert summary["Physics entries"] == 1
+    assert summary["Benchmark cells"] == 3
+    assert summary["Benchmark requests"] == 9  # cold, 2 warm-up, 5 measured, 1 failed
     assert summary["Engine llamacpp"] == "llama.cpp b1"
 
 
@@ -239,7 +266,15 @@ def test_extra_sheet(tmp_path: Path) -> None:
 def test_an_empty_outcome_still_writes_every_sheet(tmp_path: Path) -> None:
     wb = load_workbook(write_report(tmp_path / "empty.xlsx", build_outcome([])))
     # nothing to draw: no Charts sheet and no hidden data; the Answer sheet is still first
-    assert wb.sheetnames == ["Answer", "Summary", "Calibration", "Points", "Benchmarks", "Failures"]
+    assert wb.sheetnames == [
+        "Answer",
+        "Summary",
+        "Calibration",
+        "Points",
+        "Benchmarks",
+        "Requests",
+        "Failures",
+    ]
     assert wb["Calibration"].max_row == 1
 
 
@@ -277,8 +312,14 @@ def test_engine_kv_entries_show_no_residual_and_name_their_spread(tmp_path: Path
 def test_figure_cells_show_their_unit(workbook: Workbook) -> None:
     ws = workbook["Benchmarks"]
     r = _row_by(ws, OK_ID)
-    assert ws.cell(row=r, column=4).number_format == '0.00 "ms"'
-    assert ws.cell(row=r, column=5).number_format == '0.0 "tok/s"'
-    assert ws.freeze_panes == "B2" and ws.auto_filter.ref == f"A1:S{ws.max_row}"
+    headers = [c.value for c in ws[1]]
+    col = {h: headers.index(h) + 1 for h in headers}
+    assert ws.cell(row=r, column=col["TTFT p50 (ms)"]).number_format == '0.00 "ms"'
+    assert ws.cell(row=r, column=col["Decode (tokens/s)"]).number_format == '0.0 "tok/s"'
+    assert ws.cell(row=r, column=col["Requests (req/s)"]).number_format == '0.00 "req/s"'
+    last = get_column_letter(len(BENCH_COLUMNS))
+    assert ws.freeze_panes == "B2" and ws.auto_filter.ref == f"A1:{last}{ws.max_row}"
     scaled = {str(rule.sqref) for rule in ws.conditional_formatting}
-    assert f"D2:D{ws.max_row}" in scaled and f"E2:E{ws.max_row}" in scaled
+    for header in ("TTFT p50 (ms)", "Decode (tokens/s)"):
+        letter = get_column_letter(col[header])
+        assert f"{letter}2:{letter}{ws.max_row}" in scaled

@@ -64,7 +64,10 @@ def test_demo_answer_agrees_with_plan(tmp_path: Path, capsys: pytest.CaptureFixt
     assert a.max_context_90 == plan_90["max_context"]
     assert a.max_context_90 < a.max_context
     assert a.gpu_memory_utilization is None  # llama.cpp allocates on demand: nothing to give vLLM
-    assert a.small is not None and a.small.ttft_p50_ms == 12.3456 and a.small.prompt_tokens == 17
+    # the cells one at a time: 128 and 1024 tokens asked; the concurrency-4 cell is not a size
+    assert a.small is not None and a.small.ttft_p50_ms == 12.3456 and a.small.prompt_tokens == 127
+    assert a.large is not None and a.large.ttft_p50_ms == 60.0 and a.large.prompt_tokens == 1023
+    assert (a.small.n_requests, a.large.n_requests) == (5, 4)
     assert a.warning is None
     assert a.gib_per_10k == pytest.approx(4096 * 10_000 / GIB)
 
@@ -100,7 +103,7 @@ def test_missing_and_failed_rows_say_why(tmp_path: Path) -> None:
 def test_one_plain_warning(tmp_path: Path, change: dict[str, object], words: str) -> None:
     outcome = build_outcome(records())
     row = dataclasses.replace(next(m for m in outcome.models if m.model == OK_ID), **change)
-    a = answer_row(row, outcome.entries, outcome.header, outcome.benches)
+    a = answer_row(row, outcome.entries, outcome.header, outcome.cells)
     assert a.warning is not None and words in a.warning
 
 
@@ -109,7 +112,7 @@ def test_loose_fit_warning(tmp_path: Path) -> None:
     m = next(m for m in outcome.models if m.model == OK_ID)
     assert m.fit is not None
     row = dataclasses.replace(m, fit=dataclasses.replace(m.fit, r2=0.9))
-    a = answer_row(row, outcome.entries, outcome.header, outcome.benches)
+    a = answer_row(row, outcome.entries, outcome.header, outcome.cells)
     assert a.warning is not None and "loose (r2 0.900)" in a.warning
 
 
@@ -134,7 +137,9 @@ def test_answer_sheet(tmp_path: Path) -> None:
     assert cell.comment is not None and "vramphysics plan --engine llamacpp" in cell.comment.text
     ttft = ws.cell(row=ok, column=headers.index("TTFT p50 small prompt (ms)") + 1)
     assert ttft.value == 12.35 and ttft.number_format == '0.00 "ms"'
-    assert "17 prompt tokens at ctx 2048" in ttft.comment.text
+    assert "127 prompt tokens at ctx 2048, concurrency 1, p50 of 5" in ttft.comment.text
+    large = ws.cell(row=ok, column=headers.index("TTFT p50 large prompt (ms)") + 1)
+    assert large.value == 60.0
     scaled = {str(r.sqref) for r in ws.conditional_formatting}
     assert {"N2:N4", "O2:O4", "P2:P4", "Q2:Q4"} <= scaled
 
@@ -153,7 +158,8 @@ def test_terminal_table(tmp_path: Path) -> None:
     assert lines[0].split() == ["model", "status", "max", "context", "util", "TTFT", "p50", "tok/s"]
     ok = next(line for line in lines if line.startswith(OK_ID))
     a = next(a for a in answers if a.model == OK_ID)
-    assert f"{a.max_context:,}" in ok and "12.3 ms" in ok and "250.0" in ok
+    # TTFT p50 and decode of the largest prompt (1024 tokens)
+    assert f"{a.max_context:,}" in ok and "60.0 ms" in ok and "240.0" in ok
     assert ok.split()[1] == "OK" and ok.split()[3] == "-"  # no vLLM utilization for llama.cpp
     assert any(line.startswith(MISSING_ID) and " MISSING " in line for line in lines)
     assert "report (html):    reports/r.html" in text
@@ -187,3 +193,13 @@ def test_real_demo_answer_agrees_with_plan(
     assert 0.85 < a.max_context_90 / a.max_context < 0.9  # 90 % of free, less the same base
     assert a.measured_over_theory is not None and 0.9 < a.measured_over_theory < 1.2
     assert a.small is not None and a.small.decode_tokens_per_s is not None
+
+
+def test_terminal_names_the_benchmark_files(tmp_path: Path) -> None:
+    outcome = build_outcome(records())
+    files = write_reports(tmp_path / "run.xlsx", outcome, outcome.entries)
+    paths = dict(xlsx=files.xlsx, html=files.html, database=tmp_path / "db", journal=tmp_path / "j")
+    text = run_end_text(files.answers, **paths, bench=files.bench)
+    assert f"benchmarks:       {tmp_path / 'run.bench.json'}" in text
+    assert f"benchmarks (csv): {tmp_path / 'run.bench.csv'}" in text
+    assert "benchmarks" not in run_end_text(files.answers, **paths)  # none written: no line

@@ -13,7 +13,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from report_data import GIB, H100, MIB, OK_ID, VLLM_ID, records, vllm_records
 
 from vramphysics.outcome import build_outcome
-from vramphysics.report import write_report
+from vramphysics.report import BENCH_COLUMNS, write_report
 
 EMU_PER_PX = 9525
 EMU_PER_PT = 12700
@@ -46,10 +46,10 @@ def test_each_model_has_its_charts(charts) -> None:  # type: ignore[no-untyped-d
         [
             f"{OK_ID}: memory vs context",
             f"{OK_ID}: TTFT p50 vs prompt",
-            f"{OK_ID}: decode vs context",
+            f"{OK_ID}: decode vs prompt",
             f"{VLLM_ID}: memory vs context",
             f"{VLLM_ID}: TTFT p50 vs prompt",
-            f"{VLLM_ID}: decode vs context",
+            f"{VLLM_ID}: decode vs prompt",
         ]
     )
 
@@ -90,17 +90,27 @@ def test_vllm_memory_chart_reads_its_own_rows(charts) -> None:  # type: ignore[n
 
 
 def test_bench_charts_read_the_benchmarks_sheet(charts) -> None:  # type: ignore[no-untyped-def]
+    """TTFT p50 and decode against the prompt tokens of the model's one-at-a-time cells (its
+    first rows), not of the concurrency-4 cell after them."""
     wb, by_title = charts
     ttft = by_title[f"{OK_ID}: TTFT p50 vs prompt"].series[0]
-    decode = by_title[f"{OK_ID}: decode vs context"].series[0]
+    decode = by_title[f"{OK_ID}: decode vs prompt"].series[0]
     bench = wb["Benchmarks"]
-    row = next(r for r in range(2, bench.max_row + 1) if bench.cell(row=r, column=1).value == OK_ID)
-    # one benchmark row per model today: a one-cell range
-    assert ttft.xVal.numRef.f == f"'Benchmarks'!$I${row}"  # prompt tokens
-    assert ttft.yVal.numRef.f == f"'Benchmarks'!$D${row}"  # TTFT (ms)
-    assert decode.xVal.numRef.f == f"'Benchmarks'!$C${row}"  # context
-    assert decode.yVal.numRef.f == f"'Benchmarks'!$E${row}"  # decode tok/s
-    assert _values(wb, ttft.yVal.numRef.f) == [12.35]
+    rows = [r for r in range(2, bench.max_row + 1) if bench.cell(row=r, column=1).value == OK_ID]
+    assert len(rows) == 3  # p128 c1, p1024 c1, p128 c4
+    first, second = rows[0], rows[1]
+    headers = [c.header for c in BENCH_COLUMNS]
+
+    def ref(header: str) -> str:
+        col = get_column_letter(headers.index(header) + 1)
+        return f"'Benchmarks'!${col}${first}:${col}${second}"
+
+    assert ttft.xVal.numRef.f == decode.xVal.numRef.f == ref("Prompt (tokens)")
+    assert ttft.yVal.numRef.f == ref("TTFT p50 (ms)")
+    assert decode.yVal.numRef.f == ref("Decode (tokens/s)")
+    assert _values(wb, ttft.xVal.numRef.f) == [127.0, 1023.0]
+    assert _values(wb, ttft.yVal.numRef.f) == [12.35, 60.0]
+    assert _values(wb, decode.yVal.numRef.f) == [250.0, 240.0]
 
 
 def _col_px(ws: Worksheet, col: int) -> int:

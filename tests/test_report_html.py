@@ -40,7 +40,8 @@ def test_charts_are_inline_svg(page: str) -> None:
 
 
 def test_answer_table(page: str) -> None:
-    rows = re.findall(r'<tr class="(\w+)">(.*?)</tr>', page, flags=re.DOTALL)
+    answer = page[: page.index("<h2>Benchmark cells</h2>")]
+    rows = re.findall(r'<tr class="(\w+)">(.*?)</tr>', answer, flags=re.DOTALL)
     assert [status for status, _ in rows] == ["OK", "MISSING", "FAILED", "OK"]
     ok = rows[0][1]
     assert f'data-label="Model">{OK_ID}</td>' in ok
@@ -75,3 +76,18 @@ def test_report_only_writes_both_and_prints_the_answers(
     assert f"report (html):    {rep / f'{run_id}.html'}" in out
     assert f"physics database: {tmp_path / 'cal' / 'physics.yaml'}" in out
     assert f"journal:          {journal_path(rep, run_id)}" in out
+
+
+def test_benchmark_cells_table(page: str) -> None:
+    """Each cell's main figures, one row each, in the Benchmarks sheet's order; a cell with a
+    failed request is coloured as incomplete."""
+    table = page[page.index("<h2>Benchmark cells</h2>") :]
+    rows = re.findall(r"<tr( class=\"\w+\")?>(.*?)</tr>", table, flags=re.DOTALL)
+    header, *cells = rows
+    assert ">TTFT p50 (ms)</th>" in header[1] and ">Peak/predicted</th>" in header[1]
+    labels = [re.search(r'data-label="Cell">([^<]*)<', r[1]).group(1) for r in cells]  # type: ignore[union-attr]
+    assert labels == ["p128-o64-c1", "p1024-o64-c1", "p128-o64-c4", "p20-o64-c1"]
+    first = cells[0][1]
+    assert 'data-label="TTFT p50 (ms)">12.35<' in first
+    assert 'data-label="Status">OK<' in first and cells[0][0] == ' class="OK"'
+    assert cells[1][0] == ' class="INCOMPLETE"'  # PARTIAL: one failed request

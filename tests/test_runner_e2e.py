@@ -41,7 +41,12 @@ def _workspace(tmp: Path, models: Path, setups: dict[str, list[str]], **sweep: o
     cfg = {
         "engines": {"llamacpp": {"port": _port(), "model_dir": str(models), "start_timeout_s": 60}},
         "sweep": {"contexts": CONTEXTS, "settle_s": 0.5, **sweep},
-        "bench": {"max_tokens": 16},
+        "bench": {
+            "prompt_tokens": [32, 256],
+            "output_tokens": 16,
+            "repetitions": 5,
+            "warmup_requests": 1,
+        },
         "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -115,8 +120,8 @@ def test_demo_calibrates_within_theory_and_reports(tmp_path: Path, models: Path)
     headers = [c.value for c in bench[1]]
     row = {h: c.value for h, c in zip(headers, bench[2], strict=True)}
     assert row["Model"] == "llamacpp:tiny.gguf"
-    assert isinstance(row["TTFT (ms)"], float) and row["TTFT (ms)"] > 0
-    assert row["Output tokens"] == 16
+    assert isinstance(row["TTFT p50 (ms)"], float) and row["TTFT p50 (ms)"] > 0
+    assert row["Output (tokens)"] == 16
     cal = wb["Calibration"]
     status_col = [c.value for c in cal[1]].index("Status")
     missing = [r for r in cal.iter_rows(min_row=2) if r[status_col].value == "MISSING"]

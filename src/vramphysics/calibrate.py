@@ -17,7 +17,7 @@ from typing import Any
 
 from scipy import stats
 
-from vramphysics.engines.base import Engine, MemoryComponents
+from vramphysics.engines.base import Completion, Engine, MemoryComponents
 from vramphysics.errors import EngineError
 from vramphysics.probes import MemoryTrace, Probe, ProbeChoice
 from vramphysics.recorder import READ_ERRORS, Recorder, pick_trace
@@ -78,6 +78,7 @@ class StartTimes:
     launch_s: float
     ready_s: float
     warmup_s: float
+    cold: Completion | None = None  # the warm-up: the first request after ready
 
 
 def components_dict(mem: MemoryComponents | None) -> dict[str, Any]:
@@ -98,6 +99,11 @@ def components_dict(mem: MemoryComponents | None) -> dict[str, Any]:
     return out
 
 
+# what runs on the started engine after its point is measured (the benchmark): the point, the
+# recorder the point's trace came from (still sampling) and the start's times
+During = Callable[[CalibrationPoint, Recorder, "StartTimes"], None]
+
+
 def measure_point(
     engine: Engine,
     spec: ModelSpec,
@@ -107,22 +113,42 @@ def measure_point(
     interval_s: float,
     settle_s: float,
     warmup_tokens: int,
+    during: During | None = None,
 ) -> tuple[CalibrationPoint, MemoryTrace, StartTimes]:
     """Start `engine` fresh at `ctx`, warm it up, record its steady memory. Leaves it running.
 
     `make_probe` gives one probe, or a `ProbeChoice` of probes recorded together; then the
     engine's `memory_report().device_resident` decides which one the point keeps, and the point
-    says why (`probe_reason`).
+    says why (`probe_reason`). `during` then runs with the recorders still sampling (the steady
+    value held, the series going on): the benchmark's memory is sampled through its requests.
     """
     made = make_probe(engine)
     choice = made if isinstance(made, ProbeChoice) else ProbeChoice((made,), made.name)
     recorders = [Recorder(p, interval_s) for p in choice.probes]
     try:
         times = _start_and_settle(engine, spec, ctx, recorders, settle_s, warmup_tokens)
+        traces = [r.snapshot() for r in recorders]
+        point, trace = _point(engine, spec, ctx, choice, traces, times)
+        if during is not None:
+            for r in recorders:
+                r.hold_steady()
+            during(point, recorders[traces.index(trace)], times)
     finally:
-        traces = [r.stop() for r in recorders]
         for r in recorders:
+            r.stop()
             r.probe.close()
+    return point, trace, times
+
+
+def _point(
+    engine: Engine,
+    spec: ModelSpec,
+    ctx: int,
+    choice: ProbeChoice,
+    traces: list[MemoryTrace],
+    times: StartTimes,
+) -> tuple[CalibrationPoint, MemoryTrace]:
+    """The calibration point of a start, from the trace that measured the engine."""
     mem = engine.memory_report()
     trace, reason = pick_trace(
         traces,
@@ -149,7 +175,7 @@ def measure_point(
         peak_metric=trace.series_metric,
         probe_reason=reason + (f"; {trace.note}" if trace.note else ""),
     )
-    return point, trace, times
+    return point, trace
 
 
 def _start_and_settle(
@@ -169,13 +195,13 @@ def _start_and_settle(
         r.start()
     engine.wait_ready()
     t_ready = time.monotonic()
-    engine.warm_up(warmup_tokens)
+    cold = engine.warm_up(warmup_tokens)
     t_warm = time.monotonic()
     for r in recorders:
         r.mark()
     time.sleep(settle_s)
     engine.check_alive()
-    return StartTimes(launch_s=t0, ready_s=t_ready - t0, warmup_s=t_warm - t_ready)
+    return StartTimes(launch_s=t0, ready_s=t_ready - t0, warmup_s=t_warm - t_ready, cold=cold)
 
 
 def _baselines(recorders: list[Recorder], spec: ModelSpec) -> None:

@@ -12,6 +12,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from vramphysics.config_base import (
@@ -82,10 +83,79 @@ class ProbeConfig(StrictModel):
     gpu_index: int = Field(0, ge=0)
 
 
+class ImageCell(StrictModel):
+    """`bench.images[]`: cells whose every request carries `count` images of this size."""
+
+    count: int = Field(1, ge=1)
+    width: int = Field(ge=1, le=16384)
+    height: int = Field(ge=1, le=16384)
+
+
+class VideoCell(StrictModel):
+    """`bench.videos[]`: cells whose every request carries `count` videos of this shape."""
+
+    count: int = Field(1, ge=1)
+    width: int = Field(ge=1, le=8192)
+    height: int = Field(ge=1, le=8192)
+    frames: int = Field(ge=1, le=4096)
+    fps: float = Field(1.0, gt=0, le=240)
+
+
 class BenchConfig(StrictModel):
-    prompt: str = "Explain in two sentences why the KV cache grows with the context length."
-    max_tokens: int = Field(64, ge=1)
-    warmup_max_tokens: int = Field(4, ge=1)
+    """`bench:`, the benchmark grid of every model (README: "Benchmark figures").
+
+    Cells: each prompt length (`prompt_tokens`, and `depth` x the context) x each concurrency,
+    at the model's benchmark context. Per cell: `warmup_requests` x concurrency discarded, then
+    `repetitions` x concurrency measured."""
+
+    enabled: bool = Field(True, description="false: calibrate only, no benchmark start")
+    prompt_tokens: list[int] = Field(
+        [128, 1024], description="prompt lengths in tokens, by the engine's own count"
+    )
+    depth: list[float] = Field(
+        [], description="prompt lengths as fractions of the context (llama-bench -d)"
+    )
+    output_tokens: int = Field(64, ge=2, description="tokens every request produces, exactly")
+    repetitions: int = Field(5, ge=1, description="measured requests per cell (x concurrency)")
+    warmup_requests: int = Field(2, ge=0, description="discarded requests per cell")
+    concurrency: list[int] = Field([1], description="requests in flight at once")
+    images: list[ImageCell] = Field(
+        [], description="media cells: each entry adds cells with that many images per request"
+    )
+    videos: list[VideoCell] = Field([], description="media cells with videos (vLLM)")
+    max_s_per_model: float | None = Field(
+        None, gt=0, description="stop starting new cells of a model after this many seconds"
+    )
+    warmup_max_tokens: int = Field(4, ge=1, description="the calibration's warm-up request")
+
+    @field_validator("prompt_tokens")
+    @classmethod
+    def _prompt_tokens(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("every prompt length must be >= 1 token")
+        return sorted(set(v))
+
+    @field_validator("depth")
+    @classmethod
+    def _depth(cls, v: list[float]) -> list[float]:
+        if any(not 0 < d <= 1 for d in v):
+            raise ValueError("every depth must be a fraction of the context in (0, 1]")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _some_prompt(self) -> BenchConfig:
+        if not self.prompt_tokens and not self.depth:
+            raise ValueError("give at least one prompt length: prompt_tokens or depth")
+        return self
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one concurrency level")
+        if any(n < 1 for n in v):
+            raise ValueError("every concurrency level must be >= 1")
+        return sorted(set(v))
 
 
 class GuardrailConfig(StrictModel):

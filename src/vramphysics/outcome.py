@@ -16,11 +16,14 @@ from vramphysics.calibrate import Fit, NotEnoughPoints, fit_linear
 from vramphysics.physics_db import PhysicsEntry
 from vramphysics.probes import device_names
 from vramphysics.records import (
+    BenchCell,
+    BenchRequest,
     BenchResult,
     CalibrationPoint,
     ModelInfo,
     Record,
     RunHeader,
+    Stats,
     StatusRow,
     WarningRow,
 )
@@ -66,11 +69,13 @@ class Outcome:
     header: RunHeader | None
     models: tuple[ModelRow, ...]
     points: tuple[CalibrationPoint, ...]
-    benches: tuple[BenchResult, ...]
+    cells: tuple[BenchCell, ...]
+    requests: tuple[BenchRequest, ...]
     failures: tuple[StatusRow, ...]
     warnings: tuple[WarningRow, ...]
     entries: tuple[PhysicsEntry, ...]
     engine_versions: dict[str, str] = field(default_factory=dict)
+    infos: tuple[ModelInfo, ...] = ()
 
     def status_counts(self) -> dict[str, int]:
         return dict(Counter(m.status for m in self.models))
@@ -92,7 +97,10 @@ class _Collected:
     header: RunHeader | None
     infos: dict[str, ModelInfo] = field(default_factory=dict)
     points: dict[tuple[str, str, int], CalibrationPoint] = field(default_factory=dict)
-    benches: dict[tuple[str, str], BenchResult] = field(default_factory=dict)
+    # (model, device, ctx, cell) -> the cell; a re-done cell (a resumed run) replaces the first
+    cells: dict[tuple[str, str, int, str], BenchCell] = field(default_factory=dict)
+    # (model, ctx, cell, phase, index) -> the request; a re-done cell's requests replace its first
+    requests: dict[tuple[str, int, str, str, int], BenchRequest] = field(default_factory=dict)
     finals: dict[str, StatusRow] = field(default_factory=dict)
     failures: list[StatusRow] = field(default_factory=list)
     warnings: list[WarningRow] = field(default_factory=list)
@@ -110,8 +118,8 @@ def _collect(records: list[Record]) -> _Collected:
         elif isinstance(r, CalibrationPoint):
             # the first wins: a point is never duplicated
             c.points.setdefault((r.model, r.device, r.ctx), r)
-        elif isinstance(r, BenchResult):
-            c.benches.setdefault((r.model, r.device), r)
+        elif isinstance(r, BenchCell | BenchRequest | BenchResult):
+            _collect_bench(c, r)
         elif isinstance(r, StatusRow):
             if r.ctx is None:
                 c.finals[r.model] = r
@@ -120,6 +128,18 @@ def _collect(records: list[Record]) -> _Collected:
         elif isinstance(r, WarningRow):
             c.warnings.append(r)
     return c
+
+
+def _collect_bench(c: _Collected, r: BenchCell | BenchRequest | BenchResult) -> None:
+    """A cell or a request: a re-done one (a resumed run) replaces the first, in its place.
+    An old journal's single request (`bench`) becomes a cell of n 1."""
+    if isinstance(r, BenchCell):
+        c.cells[(r.model, r.device, r.ctx, r.cell)] = r
+    elif isinstance(r, BenchRequest):
+        c.requests[(r.model, r.ctx, r.cell, r.phase, r.index)] = r
+    else:
+        legacy = cell_from_legacy(r)
+        c.cells.setdefault((legacy.model, legacy.device, legacy.ctx, legacy.cell), legacy)
 
 
 def _status(
@@ -152,10 +172,10 @@ def _entry(
     info = c.infos.get(model)
     theory = info.theory if info else None
     device = mpoints[0].device
-    bench = c.benches.get((model, device))
-    starts = len(mpoints) + (
-        1 if bench is not None and bench.ctx not in {p.ctx for p in mpoints} else 0
-    )
+    point_ctxs = {p.ctx for p in mpoints}
+    # one start per benchmarked context on this device
+    bench_ctxs = {k[2] for k in c.cells if k[0] == model and k[1] == device}
+    starts = len(mpoints) + len(bench_ctxs - point_ctxs)
     return PhysicsEntry(
         engine=engine,
         model=model_key(model),
@@ -238,11 +258,13 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
         points=tuple(
             sorted(c.points.values(), key=lambda p: (c.order.index(p.model), p.device, p.ctx))
         ),
-        benches=tuple(c.benches.values()),
+        cells=tuple(c.cells.values()),
+        requests=tuple(c.requests.values()),
         failures=tuple(c.failures),
         warnings=tuple(c.warnings),
         entries=tuple(entries),
         engine_versions=versions,
+        infos=tuple(c.infos.values()),
     )
 
 
@@ -355,3 +377,63 @@ def _spill_warnings(points: list[CalibrationPoint]) -> tuple[WarningRow, ...]:
                 )
             )
     return tuple(out)
+
+
+LEGACY_CELL = "legacy-1"  # the cell ID of an old journal's single benchmark request
+
+
+def _one(value: float | None) -> Stats:
+    """The distribution of a single figure (n 1), or of none."""
+    if value is None:
+        return Stats(n=0)
+    return Stats(n=1, mean=value, std=0.0, min=value, p50=value, p90=value, p99=value, max=value)
+
+
+def cell_from_legacy(b: BenchResult) -> BenchCell:
+    """An old journal's `bench` line (one request per model) as a cell of n 1, so old runs still
+    report. Its peak was the engine start's, not the request's: the note says so, and the cell's
+    peak stays empty rather than pass it off as memory during the request."""
+    tpot = 1000.0 / b.decode_tokens_per_s if b.decode_tokens_per_s else None
+    e2e = (
+        1000.0 * b.output_tokens / b.e2e_tokens_per_s
+        if b.output_tokens and b.e2e_tokens_per_s
+        else None
+    )
+    peak = f"; start-up peak {b.peak_bytes / 2**30:.3f} GiB" if b.peak_bytes is not None else ""
+    return BenchCell(
+        model=b.model,
+        engine=b.engine,
+        ctx=b.ctx,
+        cell=LEGACY_CELL,
+        prompt_tokens_target=b.prompt_tokens or 0,
+        output_tokens_target=b.output_tokens or 0,
+        concurrency=1,
+        warm_prefix=False,
+        n_measured=1 if b.ttft_ms is not None else 0,
+        n_failed=0 if b.ttft_ms is not None else 1,
+        prompt_tokens=None if b.prompt_tokens is None else float(b.prompt_tokens),
+        output_tokens=None if b.output_tokens is None else float(b.output_tokens),
+        token_source=b.token_source,
+        ttft_ms=_one(b.ttft_ms),
+        tpot_ms=_one(tpot),
+        itl_ms=Stats(n=0),
+        e2e_ms=_one(e2e),
+        window_s=None,
+        request_throughput_per_s=1000.0 / e2e if e2e else None,
+        output_throughput_tokens_per_s=b.e2e_tokens_per_s,
+        decode_tokens_per_s=b.decode_tokens_per_s,
+        prefill_tokens_per_s=b.prefill_tokens_per_s,
+        engine_prefill_tokens_per_s=None,
+        load_s=b.load_s,
+        cold_ttft_ms=None,
+        cold_prompt_tokens=None,
+        peak_bytes=None,
+        steady_bytes=None,
+        predicted_bytes=None,
+        memory_metric="",
+        probe=b.probe,
+        device=b.device,
+        engine_version=b.engine_version,
+        note=f"old journal: one request, no warm-up or repetitions; asked = counted{peak}",
+        at=b.at,
+    )

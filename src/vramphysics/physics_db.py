@@ -7,8 +7,9 @@ A new calibration replaces only its own entry. Writes hold a file lock and repla
 one rename, so two runners at once both land their entries and a reader never sees half a file.
 A corrupt file is an error naming its line, and is never overwritten.
 
-Schema 1 files (keyed without settings) are read as schema 2: each entry's tag is computed from
-the settings it stored; the next write saves schema 2.
+Schema 1 files (keyed without settings) are read as schema 3: each entry's tag is computed from
+the settings it stored. Schema 1 and 2 entries carry no provenance (who measured them) and load
+with an empty one. The next write saves schema 3.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vramphysics.errors import ConfigError
+from vramphysics.provenance import Provenance, ProvenanceDoc
 from vramphysics.redact import redact_args
 from vramphysics.yamlio import Located, dump_yaml, load_yaml
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3  # 3: every entry carries its provenance (host, run ID, tool version)
+READABLE_SCHEMAS = (1, 2, 3)
 DB_FILENAME = "physics.yaml"
 MANUAL_PROBE = "manual"  # the probe of an entry typed in by hand
 REQUIRED_FIELDS = ("engine", "model", "device", "base_bytes", "cost_per_token_bytes")
@@ -184,6 +186,7 @@ class PhysicsEntry:
     device_total_bytes: int | None = None
     driver: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Provenance = field(default_factory=Provenance)
 
     @property
     def settings_tag(self) -> str:
@@ -208,6 +211,7 @@ class PhysicsEntry:
         d["points"] = [[int(c), float(b)] for c, b in self.points]
         d["theory"] = dict(self.theory)
         d["settings"] = dict(self.settings)
+        d["provenance"] = self.provenance.to_yaml_dict()
         head = {k: d.pop(k) for k in ("engine", "model", "device", "probe")}
         return {**head, "settings_tag": self.settings_tag, **d}
 
@@ -227,7 +231,8 @@ class PhysicsEntry:
             raise ConfigError(
                 _entry_problem(err, loc), path=path, line=line, key=f"entries[{index}]"
             ) from None
-        values = parsed.model_dump(exclude={"settings_tag"})
+        values = parsed.model_dump(exclude={"settings_tag", "provenance"})
+        values["provenance"] = parsed.provenance.record()
         values["points"] = tuple(values["points"])
         if values["n_points"] is None:
             values["n_points"] = len(values["points"])
@@ -269,6 +274,7 @@ class _EntryDoc(BaseModel):
     device_total_bytes: int | None = Field(None, gt=0)
     driver: str | None = None
     settings: dict[str, Any] = {}
+    provenance: ProvenanceDoc = ProvenanceDoc()
 
     @field_validator("*", mode="before")
     @classmethod
@@ -279,7 +285,7 @@ class _EntryDoc(BaseModel):
             return value.isoformat()
         return value
 
-    @field_validator("points", "theory", "settings", mode="before")
+    @field_validator("points", "theory", "settings", "provenance", mode="before")
     @classmethod
     def _empty(cls, value: Any, info: Any) -> Any:
         if value is None:
@@ -298,6 +304,8 @@ def _entry_problem(err: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
             f"field {name!r} is missing (an entry needs {', '.join(REQUIRED_FIELDS)}; "
             "everything else has a default)"
         )
+    if err["type"] == "extra_forbidden" and len(loc) > 1:
+        return f"unknown field {where!r}"
     if err["type"] == "extra_forbidden":
         known = ", ".join(f.name for f in dataclasses.fields(PhysicsEntry))
         return f"unknown field {name!r} (known: {known}, settings_tag)"
@@ -379,6 +387,13 @@ def merge(existing: Iterable[PhysicsEntry], new: Iterable[PhysicsEntry]) -> list
     return sorted(by_key.values(), key=lambda e: e.key)
 
 
+def with_provenance(
+    entries: Iterable[PhysicsEntry], provenance: Provenance
+) -> tuple[PhysicsEntry, ...]:
+    """The entries of one run, each stamped with who measured it."""
+    return tuple(dataclasses.replace(e, provenance=provenance) for e in entries)
+
+
 def _dump(entries: Iterable[PhysicsEntry]) -> str:
     doc = {
         "schema_version": SCHEMA_VERSION,
@@ -398,6 +413,21 @@ def write_entries(path: Path, new: Iterable[PhysicsEntry]) -> list[PhysicsEntry]
             merged = merge(load(path), new)
             _atomic_write(path, _dump(merged))
             return merged
+    except Timeout as exc:
+        raise ConfigError(
+            f"could not lock the physics database within {_LOCK_TIMEOUT_S:.0f} s", path=path
+        ) from exc
+
+
+def save(path: Path, entries: Iterable[PhysicsEntry]) -> None:
+    """Write exactly `entries` to `path` (replacing what is there) under the database's lock,
+    in one rename: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = _dump(entries)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        with lock.acquire(timeout=_LOCK_TIMEOUT_S):
+            _atomic_write(path, text)
     except Timeout as exc:
         raise ConfigError(
             f"could not lock the physics database within {_LOCK_TIMEOUT_S:.0f} s", path=path

@@ -24,6 +24,8 @@ from typing import Any
 
 import psutil
 
+from vramphysics.hostinfo import cuda_driver_version
+
 log = logging.getLogger(__name__)
 
 DEVICE_USED = "device-used"  # NVML: memory used on the device(s)
@@ -95,6 +97,7 @@ class NvmlStatus:
     available: bool
     reason: str
     gpus: tuple[GpuInfo, ...] = ()
+    cuda_version: str | None = None  # the CUDA version the driver supports ("12.4")
 
 
 def _nvml() -> object | None:
@@ -131,7 +134,7 @@ def nvml_status() -> NvmlStatus:
                     processes=tuple(_gpu_processes(pynvml, h)),
                 )
             )
-        return NvmlStatus(True, "ok", tuple(gpus))
+        return NvmlStatus(True, "ok", tuple(gpus), cuda_driver_version(pynvml))
     finally:
         pynvml.nvmlShutdown()  # type: ignore[attr-defined]
 

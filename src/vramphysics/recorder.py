@@ -12,6 +12,7 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import psutil
 
@@ -108,6 +109,7 @@ class Recorder:
         self._baseline = 0
         self._lock = threading.Lock()
         self._unexpected_logged = False
+        self._held = False
         self.errors = 0
 
     def baseline(self) -> int:
@@ -165,7 +167,12 @@ class Recorder:
     def exact_now(self) -> None:
         """One exact read (after the mark); a denied metric stops further tries and is noted."""
         with self._lock:
-            if self.probe.exact_metric is None or self._denied or self._mark_t is None:
+            if (
+                self.probe.exact_metric is None
+                or self._denied
+                or self._mark_t is None
+                or self._held
+            ):
                 return
             self._exact_t = time.monotonic() - self._t0
         try:
@@ -187,10 +194,31 @@ class Recorder:
             self._exact.clear()  # only reads after the last mark count
             self._exact_t = None
 
-    def stop(self) -> MemoryTrace:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def hold_steady(self) -> None:
+        """No more exact reads: the steady value is what was read so far (the benchmark's
+        requests that follow must not move it); the series goes on."""
+        with self._lock:
+            self._held = True
+
+    def window(self, t_from: float, t_to: float) -> WindowMemory | None:
+        """The samples taken between two `time.monotonic()` moments: their peak and median,
+        above the baseline; None when none fell in the window."""
+        with self._lock:
+            values = [s.used_bytes for s in self._samples if t_from <= s.t_s + self._t0 <= t_to]
+        if not values:
+            return None
+        return WindowMemory(
+            peak_bytes=max(values) - self._baseline,
+            steady_bytes=int(statistics.median(values)) - self._baseline,
+            n_samples=len(values),
+            metric=self.probe.series_metric,
+            probe=self.probe.name,
+            device=self.probe.device,
+        )
+
+    def snapshot(self) -> MemoryTrace:
+        """The trace so far (one fresh sample, and an exact read when none was taken yet);
+        the recording goes on."""
         self.sample_now()
         if not self._exact:
             self.exact_now()
@@ -210,6 +238,25 @@ class Recorder:
             errors=self.errors,
             note=self._denied,
         )
+
+    def stop(self) -> MemoryTrace:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return self.snapshot()
+
+
+@dataclass(frozen=True)
+class WindowMemory:
+    """Memory while something ran (a benchmark cell): the probe's series metric, above the
+    baseline taken before the engine started."""
+
+    peak_bytes: int
+    steady_bytes: int  # the median of the samples in the window
+    n_samples: int
+    metric: str
+    probe: str
+    device: str
 
 
 def summarize(

@@ -48,6 +48,8 @@ class RunHeader(Record):
     driver: str | None
     sweep_contexts: list[int]
     argv: list[str]
+    cpu_model: str | None = None
+    cuda_version: str | None = None  # the CUDA version the NVIDIA driver supports
     at: str = ""
 
 
@@ -212,6 +214,17 @@ class BenchCell(Record):
     engine_version: str
     settings: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # what was adjusted: a clipped prompt length, concurrency held to 1, ...
+    # media each request carried (none: a text-only cell): "4 images 256x256"
+    media: str = ""
+    media_kind: str = ""  # "image" | "video"
+    media_count: int = 0
+    media_width: int | None = None
+    media_height: int | None = None
+    video_frames: int | None = None
+    video_fps: float | None = None
+    # (prompt tokens of this cell - those of the text-only cell of the same prompt) / count:
+    # the context one image (video) takes, by the engine's own count
+    media_tokens_per_item: float | None = None
     at: str = ""
 
     @classmethod

@@ -6,7 +6,7 @@ Grammar (prefixes are case-insensitive)::
     vl_NAME | VL_NAME | vllm:NAME  vLLM
     llamacpp:NAME_OR_PATH          llama.cpp (a name under the model folder, or /abs/path.gguf)
     NAME with ':' or '/'           Ollama (e.g. qwen2.5:7b)
-    ...#stream #ctx=N #img_lim=N #vid_lim=N   runtime flags, in any order, each at most once
+    ...#stream #warm #ctx=N #img_lim=N #vid_lim=N   runtime flags, in any order, at most once each
 
 A setup is a list of model IDs, or a mapping with `models:` (that list) and `devices:` (the
 device kinds a `--ray` run calibrates it on: each names the Ray resource `gpu:KIND` that the
@@ -25,7 +25,7 @@ from vramphysics.errors import SetupError
 from vramphysics.yamlio import Located, load_yaml
 
 _INT_FLAGS = {"ctx": 1, "img_lim": 0, "vid_lim": 0}  # flag -> smallest valid value
-_BOOL_FLAGS = ("stream",)
+_BOOL_FLAGS = ("stream", "warm")
 _SETUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE_KIND = _SETUP_NAME  # a device kind becomes the Ray resource `gpu:KIND`
 _SETUP_KEYS = ("models", "devices")
@@ -40,6 +40,7 @@ class ModelSpec:
     name: str
     prefix: str = ""
     stream: bool = False
+    warm: bool = False  # benchmark one prompt repeated, on purpose (the prefix cache may hit)
     ctx: int | None = None
     img_lim: int | None = None
     vid_lim: int | None = None
@@ -52,8 +53,8 @@ class ModelSpec:
         """Rebuild the ID from its parts (flags in the order they were written)."""
         flags = []
         for flag in self.flag_order:
-            if flag == "stream":
-                flags.append("#stream")
+            if flag in _BOOL_FLAGS:
+                flags.append(f"#{flag}")
             else:
                 flags.append(f"#{flag}={getattr(self, flag)}")
         return f"{self.prefix}{self.name}{''.join(flags)}"
@@ -99,6 +100,7 @@ def parse_model_id(text: str) -> ModelSpec:
         name=name,
         prefix=prefix,
         stream=bool(values.get("stream", False)),
+        warm=bool(values.get("warm", False)),
         ctx=_int_or_none(values.get("ctx")),
         img_lim=_int_or_none(values.get("img_lim")),
         vid_lim=_int_or_none(values.get("vid_lim")),

@@ -81,8 +81,9 @@ def test_start_measure_benchmark_stop(model_dir: Path, tmp_path: Path) -> None:
         assert point.probe == "process" and point.device == "cpu"
         assert trace.steady_bytes > 20 * 2**20 and point.n_samples >= 3
         completion = engine.complete("The cache grows because", 8)
-        assert completion.usage.completion_tokens == 8  # the engine's own count (logprobs)
-        assert completion.usage.source == "engine-logprobs"
+        # stopped at max_tokens: the engine's own count, without logprobs
+        assert completion.usage.completion_tokens == 8
+        assert completion.usage.source == "engine-length"
         assert completion.usage.prompt_tokens and completion.usage.prompt_tokens > 3
         assert completion.ttft_ms is not None and completion.ttft_ms > 0
         engine.stop()

@@ -37,7 +37,12 @@ def _workspace(tmp: Path, **extra: object) -> Path:
     cfg = {
         "engines": {"toy": {"base_bytes": 4 * MIB, "cost_per_token_bytes": 8192}},
         "sweep": {"contexts": [1024, 2048, 4096], "settle_s": 0.3},
-        "bench": {"max_tokens": 4},
+        "bench": {
+            "prompt_tokens": [32],
+            "output_tokens": 4,
+            "repetitions": 2,
+            "warmup_requests": 0,
+        },
         "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
         **extra,
     }

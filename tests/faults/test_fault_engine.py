@@ -101,7 +101,7 @@ def test_engine_out_of_memory_at_one_context_is_cuda_oom_with_the_message(
     assert oom["status"] == "FAILED" and oom["failure_kind"] == "cuda_oom"
     assert "cudaMalloc failed: out of memory" in oom["log_tail"]
     assert sorted(r["ctx"] for r in records if r["kind"] == "point") == [512, 2048, 4096]
-    assert [r["model"] for r in records if r["kind"] == "bench"] == ["llamacpp:tiny.gguf"]
+    assert [r["model"] for r in records if r["kind"] == "bench_cell"] == ["llamacpp:tiny.gguf"]
     (entry,) = ws.db_entries()
     assert entry.n_points == 3
     (xlsx,) = ws.reports()

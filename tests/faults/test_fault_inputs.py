@@ -158,7 +158,9 @@ def test_model_name_escaping_the_model_folder_is_refused(
     assert repr(name) in message and "model folder" in message, message
     assert ":3: " in message, "the setups file's line of the bad ID (line 1 is the setup name)"
     records = ws.journal()
-    assert not [r for r in records if r["kind"] in ("model", "point", "bench")], "nothing ran"
+    assert not [r for r in records if r["kind"] in ("model", "point", "bench_cell", "request")], (
+        "nothing ran"
+    )
     assert not (ws.state / "logs").exists() or not list((ws.state / "logs").rglob("*.log"))
     assert not ws.engines()
     figures.update(journal_rows=len(records))

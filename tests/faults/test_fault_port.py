@@ -69,7 +69,7 @@ def test_a_server_already_on_the_port_gives_port_in_use_and_no_point(
     assert "Traceback" not in result.stderr
 
     records = ws.journal()
-    assert not [r for r in records if r["kind"] in ("point", "bench")]
+    assert not [r for r in records if r["kind"] in ("point", "bench_cell", "request")]
     failed = [r for r in records if r["kind"] == "status" and r["ctx"] is not None]
     assert sorted(r["ctx"] for r in failed) == sorted(ws.cfg["sweep"]["contexts"])
     me = f"pid {os.getpid()} ({psutil.Process().name()})"

@@ -102,7 +102,7 @@ def test_runner_sigkill_then_resume_completes_and_stops_only_our_orphan(
     points = _points(records)
     assert sorted(c for _m, c in points) == sorted(ws.cfg["sweep"]["contexts"])
     assert sum(r["kind"] == "run" for r in records) == 1
-    assert sum(r["kind"] == "bench" for r in records) == 1
+    assert sum(r["kind"] == "bench_cell" for r in records) == 1  # the one cell, not run twice
     (entry,) = ws.db_entries()
     assert [c for c, _ in entry.points] == ws.cfg["sweep"]["contexts"]
     figures.update(ws.invariants(), exit=result.returncode, bystanders_alive=2)

@@ -6,6 +6,7 @@ from outside the package works end to end (setups, calibration, plan, guardrail)
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from vramphysics.engines.base import (
     Availability,
     Completion,
     Engine,
+    GenRequest,
     MemoryComponents,
     Usage,
 )
@@ -27,16 +29,21 @@ from vramphysics.errors import EngineError
 from vramphysics.setups import ModelSpec
 from vramphysics.theory import Theory
 
-# The "server": allocate base + ctx * cost bytes, touch every page, say so, then wait.
+# The "server": allocate base + ctx * cost bytes, touch every page, listen on a loopback port,
+# say so, then tell every caller the model it serves (one line: "toy MODEL").
 _SERVER = """
-import sys, time
+import socket, sys
 base, cost, ctx = (int(a) for a in sys.argv[1:4])
+model = sys.argv[4]
 block = bytearray(base + ctx * cost)
 for i in range(0, len(block), 4096):
     block[i] = 1
-print("ready", flush=True)
+server = socket.create_server(("127.0.0.1", 0))
+print("ready", server.getsockname()[1], flush=True)
 while True:
-    time.sleep(1)
+    conn, _ = server.accept()
+    with conn:
+        conn.sendall(f"toy {model}\\n".encode())
 """
 
 
@@ -55,6 +62,7 @@ class ToyEngine(Engine):
         self.cfg = cfg
         self._proc: ManagedProcess | None = None
         self._ctx = 0
+        self.base_url: str | None = None  # where the toy server answers (ours or attached)
 
     def version(self) -> str:
         return "toy 0.1"
@@ -82,8 +90,9 @@ class ToyEngine(Engine):
     def start(self, spec: ModelSpec, ctx: int) -> None:
         self.stop()
         self._ctx = ctx
+        self.base_url = None
         argv = [sys.executable, "-c", _SERVER, str(self.cfg.base_bytes)]
-        argv += [str(self.cfg.cost_per_token_bytes), str(ctx)]
+        argv += [str(self.cfg.cost_per_token_bytes), str(ctx), spec.name]
         self._proc = ManagedProcess(
             argv,
             log_path=self.log_dir / f"toy-{spec.name}-ctx{ctx}.log",
@@ -95,17 +104,57 @@ class ToyEngine(Engine):
         deadline = time.monotonic() + self.cfg.start_timeout_s
         while time.monotonic() < deadline:
             self.check_alive()
-            if "ready" in self.log_tail(5):
-                return
+            for line in self.log_tail(5).splitlines():
+                if line.startswith("ready "):
+                    self.base_url = f"http://127.0.0.1:{line.split()[1]}"
+                    return
             time.sleep(0.05)
         raise EngineError("timeout", "the toy server never said ready")
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
+        return self.generate(GenRequest(prompt, max_tokens))
+
+    def generate(self, request: GenRequest) -> Completion:
+        """A token a millisecond, each a content event; exactly `output_tokens` of them."""
         self.check_alive()
+        if self.base_url is None:
+            raise RuntimeError("toy engine not ready")
         t0 = time.monotonic()
-        steps = [t0 + 0.001 * (i + 1) for i in range(max_tokens)]
-        usage = Usage(len(prompt.split()), max_tokens, "engine-usage")
-        return Completion(t0, steps[0], steps[-1], steps[-1], usage, max_tokens)
+        n = request.output_tokens
+        steps = tuple(t0 + 0.001 * (i + 1) for i in range(n))
+        usage = Usage(self.count_prompt_tokens(request.prompt), n, "engine-usage")
+        return Completion(
+            t0,
+            steps[0],
+            steps[-1],
+            steps[-1],
+            usage,
+            n,
+            content_times_s=steps,
+            finish_reason="length",
+        )
+
+    def count_prompt_tokens(self, text: str) -> int:
+        """The toy's tokenizer: one token a word."""
+        return len(text.split())
+
+    def max_concurrency(self) -> tuple[int | None, str]:
+        return 1, "the toy server answers one caller at a time"
+
+    def attach(self, url: str, model: str) -> None:
+        """Ask the toy server at `url` which model it serves."""
+        self.stop()
+        parsed = url.rstrip("/").rsplit(":", 1)
+        try:
+            with socket.create_connection(("127.0.0.1", int(parsed[1])), timeout=5) as conn:
+                served = conn.makefile().readline().split()[-1]
+        except OSError as exc:
+            raise EngineError("unreachable", f"nothing answers at {url} ({exc.strerror})") from exc
+        if served != model:
+            raise EngineError(
+                "model_not_found", f"the toy server at {url} serves {served!r}, not {model!r}"
+            )
+        self.base_url = url
 
     def root_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
@@ -123,6 +172,7 @@ class ToyEngine(Engine):
 
     def stop(self) -> None:
         if self._proc is not None:
+            self.base_url = None
             self._proc.stop(self.cfg.stop_timeout_s)
             self._proc = None
 

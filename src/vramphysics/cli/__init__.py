@@ -1,11 +1,11 @@
-"""`python -m vramphysics`: subcommands `run`, `estimate`, `plan`, `inspect-log`, `make-demo-model`.
+"""`python -m vramphysics`: `run`, `bench`, `estimate`, `plan`, `merge`, `inspect-log`, `make-demo-model`.
 
 Every error the package raises on purpose (a VramPhysicsError) is printed in one line and gives a
 non-zero exit; a traceback is shown only with --debug.
 
-One module per command (`run`, `estimate`, `plan`, `inspect_log`, `make_demo_model`), each
-with `add_parser(sub)` and its handler: parse -> typed call -> render. `options` holds the
-options more than one command takes.
+One module per command (`run`, `bench`, `estimate`, `plan`, `merge`, `inspect_log`,
+`make_demo_model`), each with `add_parser(sub)` and its handler: parse -> typed call -> render.
+`options` holds the options more than one command takes.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ EXIT_INTERNAL = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vramphysics.cli import estimate, inspect_log, make_demo_model, plan, run
+    from vramphysics.cli import bench, estimate, inspect_log, make_demo_model, merge, plan, run
 
     parser = argparse.ArgumentParser(prog="vramphysics", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     # in the order `--help` lists them
-    for command in (run, make_demo_model, estimate, plan, inspect_log):
+    for command in (run, bench, make_demo_model, estimate, plan, merge, inspect_log):
         command.add_parser(sub)
     return parser
 

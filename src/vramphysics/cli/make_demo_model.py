@@ -1,4 +1,4 @@
-"""`make-demo-model`: tiny random models (a GGUF, an HF folder) for the demo."""
+"""`make-demo-model`: tiny random models (a GGUF, an HF folder, a vision-language HF folder)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_demo = sub.add_parser("make-demo-model", help="generate tiny random models for the demo")
     p_demo.add_argument("--gguf", metavar="FILE", help="write a tiny llama GGUF here")
     p_demo.add_argument("--hf", metavar="DIR", help="write a tiny HF model folder here")
+    p_demo.add_argument(
+        "--vlm",
+        metavar="DIR",
+        help="write a tiny vision-language model (Idefics3, as vLLM's CPU build serves) here",
+    )
     p_demo.add_argument(
         "--sliding-window",
         type=int,
@@ -35,6 +40,11 @@ def cmd_make_demo_model(args: argparse.Namespace) -> int:
 
         folder = write_tiny_hf(Path(args.hf))
         print(f"wrote {folder}")
-    if not args.gguf and not args.hf:
-        raise VramPhysicsError("make-demo-model: give --gguf FILE and/or --hf DIR")
+    if args.vlm:
+        from vramphysics.demo_vlm import write_tiny_vlm
+
+        folder = write_tiny_vlm(Path(args.vlm))
+        print(f"wrote {folder}")
+    if not args.gguf and not args.hf and not args.vlm:
+        raise VramPhysicsError("make-demo-model: give --gguf FILE, --hf DIR and/or --vlm DIR")
     return 0

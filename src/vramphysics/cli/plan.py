@@ -4,6 +4,10 @@ Parse -> typed call into `allocate` -> render. The calibration is chosen by its 
 (`--settings kv=q8_0`, or a tag's `#hash`); a model calibrated with several settings is never
 planned from one picked silently. The rule follows the engine's memory kind: vLLM reserves
 `utilization x total` up front, Ollama and llama.cpp allocate what they need.
+
+A calibration measured with another engine version than the one installed here is planned from
+all the same, with a warning; the installed version is a fact of the engine's advice
+(`installed_engine_version`), and when the engine cannot tell it, plan says nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from vramphysics.physics_db import DB_FILENAME
 from vramphysics.theory import Theory, load_theory
 
 GIB = allocate.GIB
+# the fact an engine's advice gives for the version installed here, worded as its entries' engine
+# version (`vllm 0.32.0`); absent or None when the engine cannot tell without starting
+INSTALLED_VERSION_FACT = "installed_engine_version"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -154,11 +161,37 @@ def _advice(plan: Plan, args: argparse.Namespace) -> Advice:
     return registry.get(args.engine).advice(plan, request)
 
 
+def _known_version(version: object) -> str | None:
+    """A version that names a release (`vllm 0.32.0`), not a placeholder such as `unknown`,
+    `vllm (unknown)` or `llama-server`; None otherwise."""
+    if not isinstance(version, str):
+        return None
+    text = version.strip()
+    if not text or "(" in text or not any(ch.isdigit() for ch in text):
+        return None
+    return text
+
+
+def version_warning(entry: physics_db.PhysicsEntry | None, advice: Advice) -> tuple[str, ...]:
+    """A warning when the calibration was measured with another engine version than the one
+    installed here; nothing when either version is not known."""
+    if entry is None:
+        return ()
+    measured = _known_version(entry.engine_version)
+    installed = _known_version(advice.facts.get(INSTALLED_VERSION_FACT))
+    if measured is None or installed is None or measured == installed:
+        return ()
+    return (
+        f"warning: this calibration was measured with {measured}, but {installed} is "
+        "installed here: its memory figures may differ; recalibrate to be sure",
+    )
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """A plan for one engine, model and device; exits 0 even when the plan is refused."""
-    plan = _make_plan(args)
+    plan, entry = _make_plan(args)
     advice = _advice(plan, args)
-    plan = allocate.with_messages(plan, advice.notes)
+    plan = allocate.with_messages(plan, version_warning(entry, advice) + advice.notes)
     if args.json:
         doc = plan.to_dict()
         doc.update({"command": None, **advice.commands, "advice": dict(advice.lines)})
@@ -169,8 +202,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_plan(args: argparse.Namespace) -> Plan:
-    """The plan, with where its figures came from."""
+def _make_plan(args: argparse.Namespace) -> tuple[Plan, physics_db.PhysicsEntry | None]:
+    """The plan, with where its figures came from, and the calibration it used (None: theory)."""
     _check_args(args)
     entries = physics_db.load(args.physics)
     physics, entry = _physics(args, entries, _theory(args))
@@ -189,4 +222,4 @@ def _make_plan(args: argparse.Namespace) -> Plan:
         )
     except ConfigError as exc:  # figures no plan can be made from: name the file they are in
         raise ConfigError(exc.message, path=args.physics if entry else None) from exc
-    return allocate.with_messages(plan, device.messages)
+    return allocate.with_messages(plan, device.messages), entry

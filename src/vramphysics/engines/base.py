@@ -49,6 +49,27 @@ class Usage:
     # max_tokens: finish_reason "length"), "engine-tokenizer" (the engine's own tokenizer on the
     # text), "none"
     source: str
+    # where `prompt_tokens` came from when not from `source` (e.g. "engine-tokenizer" beside an
+    # "engine-length" output count); "" when both come from `source`
+    prompt_source: str = ""
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One image or video sent with a request, encoded (`mime`: image/jpeg, video/mp4)."""
+
+    kind: str  # "image" | "video"
+    mime: str
+    data: bytes
+    width: int
+    height: int
+    frames: int = 1
+    fps: float | None = None
+
+    def data_url(self) -> str:
+        import base64
+
+        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class GenRequest:
     prompt: str
     output_tokens: int
     exact: bool = True
+    media: tuple[MediaItem, ...] = ()  # sent with the prompt, in the engine's own shape
 
 
 @dataclass(frozen=True)
@@ -77,7 +99,8 @@ class Completion:
     n_chunks: int
     engine_timings: Mapping[str, float] = field(default_factory=dict)
     # the arrival time of every content event (a chunk with non-empty text, `delta.content`,
-    # `delta.reasoning_content` or Ollama `message.thinking`), in order; first = first_text_s
+    # `delta.reasoning_content` / `delta.reasoning`, or Ollama `message.content` /
+    # `message.thinking`), in order; first = first_text_s, last = last_text_s
     content_times_s: tuple[float, ...] = ()
     finish_reason: str | None = None  # the engine's own: "length", "stop", ...
 

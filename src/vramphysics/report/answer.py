@@ -14,8 +14,9 @@ from typing import Any
 
 from vramphysics.outcome import ModelRow, Outcome, model_key
 from vramphysics.physics_db import PhysicsEntry
-from vramphysics.records import BenchResult, RunHeader
+from vramphysics.records import BenchCell, RunHeader
 from vramphysics.report import planning
+from vramphysics.report.series import prompt_of, speed_cells
 from vramphysics.setups import parse_model_id
 
 GIB = 2**30
@@ -26,14 +27,15 @@ FAR_BELOW_THEORY = 0.5
 
 
 @dataclass(frozen=True)
-class BenchCell:
+class Speed:
     """One benchmarked prompt length: its median TTFT and decode throughput."""
 
-    prompt_tokens: int | None
+    prompt_tokens: float | None
     ctx: int
     ttft_p50_ms: float | None
     decode_tokens_per_s: float | None
     n_requests: int
+    concurrency: int = 1
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,8 @@ class AnswerRow:
     kv_cache_memory_bytes: int | None = None
     gib_per_10k: float | None = None
     measured_over_theory: float | None = None
-    small: BenchCell | None = None
-    large: BenchCell | None = None
+    small: Speed | None = None
+    large: Speed | None = None
     warning: str | None = None
     sources: tuple[tuple[str, str], ...] = ()  # (column header, where its figure came from)
 
@@ -71,23 +73,21 @@ class AnswerRow:
         return dict(self.sources).get(header)
 
 
-def bench_cells(benches: Sequence[BenchResult], model: str) -> tuple[BenchCell, ...]:
-    """The benchmarked prompt lengths of one model, smallest prompt first.
-
-    Today a run benchmarks one request per model, so its TTFT is the median of one.
-    """
-    cells = [
-        BenchCell(
-            prompt_tokens=b.prompt_tokens,
-            ctx=b.ctx,
-            ttft_p50_ms=b.ttft_ms,
-            decode_tokens_per_s=b.decode_tokens_per_s,
-            n_requests=1,
+def speeds(cells: Sequence[BenchCell], model: str) -> tuple[Speed, ...]:
+    """The benchmarked prompt lengths of one model, smallest prompt first: its cells without
+    `#warm` at its lowest concurrency (as the charts), each with its TTFT p50."""
+    return tuple(
+        Speed(
+            prompt_tokens=prompt_of(c),
+            ctx=c.ctx,
+            ttft_p50_ms=c.ttft_ms.p50,
+            decode_tokens_per_s=c.decode_tokens_per_s,
+            n_requests=c.n_measured,
+            concurrency=c.concurrency,
         )
-        for b in benches
-        if b.model == model
-    ]
-    return tuple(sorted(cells, key=lambda c: (c.prompt_tokens or 0, c.ctx)))
+        for c in speed_cells(cells, model)
+        if c.n_measured
+    )
 
 
 def device_memory(
@@ -109,7 +109,7 @@ def device_memory(
     return None
 
 
-def _plan_ctx(model: str, cells: Sequence[BenchCell], row: ModelRow) -> tuple[int | None, str]:
+def _plan_ctx(model: str, cells: Sequence[Speed], row: ModelRow) -> tuple[int | None, str]:
     ctx = parse_model_id(model).ctx
     if ctx is not None:
         return ctx, "the model's #ctx"
@@ -154,15 +154,16 @@ def _warning(row: ModelRow, fits: bool | None, refusal: str | None) -> str | Non
     return others[0] if others else None
 
 
-def _bench_sources(cells: Sequence[BenchCell]) -> list[tuple[str, str]]:
+def _bench_sources(cells: Sequence[Speed]) -> list[tuple[str, str]]:
     if not cells:
         return []
     small, large = cells[0], cells[-1]
 
-    def where(c: BenchCell) -> str:
+    def where(c: Speed) -> str:
+        prompt = "?" if c.prompt_tokens is None else f"{c.prompt_tokens:g}"
         return (
-            f"Benchmarks sheet: {c.prompt_tokens} prompt tokens at ctx {c.ctx}, "
-            f"median of {c.n_requests} request(s)"
+            f"Benchmarks sheet: {prompt} prompt tokens at ctx {c.ctx}, concurrency "
+            f"{c.concurrency}, p50 of {c.n_requests} request(s)"
         )
 
     return [
@@ -190,11 +191,11 @@ def answer_row(
     row: ModelRow,
     entries: Sequence[PhysicsEntry],
     header: RunHeader | None,
-    benches: Sequence[BenchResult],
+    bench_cells: Sequence[BenchCell],
     settings: str | None = None,
 ) -> AnswerRow:
     """The answer for one model: its plan on the device it was measured on, and its speed."""
-    cells = bench_cells(benches, row.model)
+    cells = speeds(bench_cells, row.model)
     base = AnswerRow(
         model=row.model,
         engine=row.engine,
@@ -279,7 +280,7 @@ def answer_rows(outcome: Outcome, entries: Sequence[PhysicsEntry]) -> tuple[Answ
     """One answer per model of the run, in the run's order, planned from the calibration with
     the settings the run used (as `plan --settings TAG` would)."""
     return tuple(
-        answer_row(m, entries, outcome.header, outcome.benches, _run_settings(outcome, m))
+        answer_row(m, entries, outcome.header, outcome.cells, _run_settings(outcome, m))
         for m in outcome.models
     )
 

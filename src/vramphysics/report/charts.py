@@ -1,9 +1,10 @@
 """Native Excel charts (openpyxl), so they stay live in Excel and LibreOffice.
 
 Per model, one band of the Charts sheet: memory vs context (measured points as markers from the
-Points sheet, the fitted and the theory line from the hidden ChartData sheet), TTFT against
-prompt tokens and decode throughput against the context (from the Benchmarks sheet). Charts sit
-on a fixed grid (every column and row of the sheet has a set size), so none overlaps another.
+Points sheet, the fitted and the theory line from the hidden ChartData sheet), TTFT p50 and
+decode throughput against prompt tokens (from the Benchmarks sheet: the model's rows at its
+lowest concurrency without #warm, which come first). Charts sit on a fixed grid (every column
+and row of the sheet has a set size), so none overlaps another.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
+from vramphysics.report.columns import BENCH_COLUMNS
 from vramphysics.report.series import ModelSeries
 
 MIB = 2**20
@@ -43,7 +45,10 @@ AXIS_TITLE_SIZE = 900
 ENGINE_KV_NOTE = "vLLM reserves its KV pool up front: the points are the whole reservation"
 # Columns of the sheets the charts read (1-based, as in columns.py)
 POINTS_CTX, POINTS_MEASURED = 3, 4
-BENCH_CTX, BENCH_TTFT, BENCH_DECODE, BENCH_PROMPT = 3, 4, 5, 9
+_BENCH_HEADERS = [c.header for c in BENCH_COLUMNS]
+BENCH_PROMPT = _BENCH_HEADERS.index("Prompt (tokens)") + 1
+BENCH_TTFT = _BENCH_HEADERS.index("TTFT p50 (ms)") + 1
+BENCH_DECODE = _BENCH_HEADERS.index("Decode (tokens/s)") + 1
 Range = tuple[int, int]
 
 
@@ -159,8 +164,8 @@ def memory_chart(
 def bench_charts(s: ModelSeries, bench: Worksheet, rows: Range) -> list[ScatterChart]:
     ttft = _chart(f"{s.model}: TTFT p50 vs prompt", "Prompt (tokens)", "TTFT p50 (ms)")
     ttft.series.append(_series(bench, BENCH_PROMPT, BENCH_TTFT, rows, "TTFT p50", True, "D62728"))
-    decode = _chart(f"{s.model}: decode vs context", "Context (tokens)", "Decode (tokens/s)")
-    decode.series.append(_series(bench, BENCH_CTX, BENCH_DECODE, rows, "decode", True, "9467BD"))
+    decode = _chart(f"{s.model}: decode vs prompt", "Prompt (tokens)", "Decode (tokens/s)")
+    decode.series.append(_series(bench, BENCH_PROMPT, BENCH_DECODE, rows, "decode", True, "9467BD"))
     return [ttft, decode]
 
 

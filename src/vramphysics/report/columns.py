@@ -139,56 +139,148 @@ POINT_COLUMNS = (
     Column("At (UTC)", "When the point was measured", 20),
 )
 
+F_REQS = '0.00 "req/s"'
+F_COUNT = "#,##0"
+
+
+def _stats_columns(name: str, what: str, extra: bool = False) -> tuple[Column, ...]:
+    """p50/p90/p99 (and mean, std, min, max) of one figure over the cell's measured requests."""
+    how = "percentiles interpolate between order statistics (numpy's default, as vllm bench serve)"
+    out = tuple(
+        Column(f"{name} {p} (ms)", f"{p} of {what}; {how}", 10, F_MS) for p in ("p50", "p90", "p99")
+    )
+    if extra:
+        out += (
+            Column(f"{name} mean (ms)", f"Mean of {what}", 10, F_MS),
+            Column(f"{name} std (ms)", f"Population standard deviation of {what}", 10, F_MS),
+            Column(f"{name} min (ms)", f"Smallest of {what}", 10, F_MS),
+            Column(f"{name} max (ms)", f"Largest of {what}", 10, F_MS),
+        )
+    return out
+
+
+TTFT_WHAT = "TTFT: request sent (t0) until the first content event (a chunk with text)"
+TPOT_WHAT = "TPOT per request: (E2E - TTFT) / (output tokens - 1), requests with >= 2 tokens"
+ITL_WHAT = "ITL: every gap between content events, pooled over the cell's requests"
+E2E_WHAT = "E2E: t0 until the last content event"
+
 BENCH_COLUMNS = (
     Column("Model", "Model ID", 34),
     Column("Engine", "Engine", 10),
-    Column("Context (tokens)", "Context size of the benchmark start", 12, F_TOKENS),
+    Column("Context (tokens)", "Context size the engine was started with", 12, F_TOKENS),
+    Column("Cell", "The cell's ID: p<prompt tokens>-o<output tokens>-c<concurrency>", 16),
+    Column("Prompt asked (tokens)", "Prompt length the workload asked for", 12, F_TOKENS),
     Column(
-        "TTFT (ms)",
-        "Request sent until the first chunk carrying text (role-only chunks excluded)",
+        "Prompt (tokens)",
+        "Mean prompt length of the measured requests by the engine's own count",
+        12,
+        F_TOKENS,
+    ),
+    Column("Output asked (tokens)", "Output length the workload forced (min tokens)", 12, F_TOKENS),
+    Column("Output (tokens)", "Mean output tokens of the measured requests", 12, F_TOKENS),
+    Column("Concurrency", "Requests in flight at once", 10, F_COUNT),
+    Column("Media", "What each request carried beside the text (bench.images, bench.videos)", 18),
+    Column(
+        "Media tokens per item",
+        "(prompt tokens of this cell - those of the text-only cell of the same prompt) / items: "
+        "the context one image or video takes, by the engine's own count",
+        12,
+        F_TOKENS,
+    ),
+    Column("N measured", "Measured requests that succeeded (warm-up and cold excluded)", 10),
+    Column("N failed", "Measured requests that failed (see the Requests sheet)", 10),
+    *_stats_columns("TTFT", TTFT_WHAT, extra=True),
+    *_stats_columns("TPOT", TPOT_WHAT),
+    *_stats_columns("ITL", ITL_WHAT),
+    *_stats_columns("E2E", E2E_WHAT),
+    Column("Window (s)", "First measured request sent until the last one done", 10, F_S),
+    Column("Requests (req/s)", "Measured requests done / window", 10, F_REQS),
+    Column("Output (tokens/s)", "Output tokens of the measured requests / window", 12, F_TOKS),
+    Column("Decode (tokens/s)", "1 / mean TPOT: one stream's decode speed", 12, F_TOKS),
+    Column("Prefill (tokens/s)", "Mean prompt tokens / mean TTFT", 12, F_TOKS),
+    Column(
+        "Engine prefill (tokens/s)",
+        "The engine's own prompt-processing figure, mean (llama.cpp timings, Ollama "
+        "prompt_eval_duration); empty where the engine reports none",
+        12,
+        F_TOKS,
+    ),
+    Column("Load (s)", "Engine start until ready, of the start the cell ran on", 10, F_S),
+    Column(
+        "Cold TTFT (ms)",
+        "TTFT of the very first request after the engine was ready, before any warm-up; "
+        "never part of the warm figures",
         10,
         F_MS,
     ),
     Column(
-        "Decode (tokens/s)",
-        "(output tokens - 1) / (last text - first text): excludes TTFT",
-        12,
-        F_TOKS,
-    ),
-    Column("End-to-end (tokens/s)", "Output tokens / whole request time", 12, F_TOKS),
-    Column(
-        "Prefill (tokens/s)",
-        "Prompt tokens / TTFT, when the engine reports prompt tokens",
-        12,
-        F_TOKS,
-    ),
-    Column(
-        "Output tokens",
-        "From the engine's usage figures or its own tokenizer (see Token source)",
-        10,
-    ),
-    Column("Prompt tokens", "From the engine", 10),
-    Column(
-        "Token source",
-        "engine-usage: the engine's usage object; engine-tokenizer: the engine's own tokenizer on the output",
-        16,
-    ),
-    Column("Setup (s)", "Launch, ready, warm-up and steady sampling", 10, F_S),
-    Column("Exec (s)", "The benchmark request", 10, F_S),
-    Column("Cleanup (s)", "Stopping the engine's whole process tree", 10, F_S),
-    Column(
-        "Load (s)", "Cold-start load time reported by the engine (Ollama load_duration)", 10, F_S
-    ),
-    Column(
         "Peak memory (GiB)",
-        "Highest probe sample during the start, minus the baseline",
+        "Highest probe sample while the cell's requests ran, above the pre-start baseline",
         12,
         F_GIB,
     ),
-    Column("Probe", "What measured the peak", 10),
+    Column("Steady memory (GiB)", "Median probe sample while the cell's requests ran", 12, F_GIB),
+    Column(
+        "Predicted memory (GiB)",
+        "The calibration's base + ctx x cost for this start's context",
+        12,
+        F_GIB,
+    ),
+    Column(
+        "Peak/predicted",
+        "Peak memory / predicted memory: far from 1 when real use departs from the physics",
+        10,
+        F_RATIO,
+    ),
+    Column("Memory metric", "What the memory columns are: pss, rss, device-used", 10),
+    Column("Probe", "What measured the memory", 10),
     Column("Device", "GPU name or cpu", 14),
+    Column(
+        "Token source",
+        "engine-usage: the engine's usage figures; engine-timings: llama-server's timings; "
+        "engine-length: stopped at max_tokens with an exact output; engine-tokenizer: the "
+        "engine's own tokenizer on the text",
+        16,
+    ),
     Column("Engine version", "Engine and version", 22),
-    Column("Status", "OK or FAILED", 8),
+    Column("Warm prefix", "yes: #warm, one prompt repeated on purpose (prefix cache allowed)", 8),
+    Column("Note", "What was adjusted: a clipped prompt length, concurrency held to 1, ...", 40),
+    Column(
+        "Status",
+        "OK, PARTIAL (some measured requests failed), FAILED (none succeeded), or the model's "
+        "MISSING/FAILED",
+        8,
+    ),
+)
+
+REQUEST_COLUMNS = (
+    Column("Model", "Model ID", 34),
+    Column("Engine", "Engine", 10),
+    Column("Context (tokens)", "Context size the engine was started with", 12, F_TOKENS),
+    Column("Cell", "The cell's ID (Benchmarks sheet)", 16),
+    Column(
+        "Phase",
+        "cold: first request after ready; warmup: discarded; measured: in the cell's figures",
+        10,
+    ),
+    Column("Index", "The request's number within its cell and phase", 8),
+    Column("Prompt asked (tokens)", "Prompt length the workload asked for", 12, F_TOKENS),
+    Column("Output asked (tokens)", "Output length the workload forced", 12, F_TOKENS),
+    Column("Concurrency", "Requests in flight at once in its cell", 10, F_COUNT),
+    Column("OK", "yes: the request succeeded", 6),
+    Column("Error", "Why it failed", 40),
+    Column("Prompt (tokens)", "By the engine's own count (see Token source)", 12, F_TOKENS),
+    Column("Output (tokens)", "By the engine's count (see Token source)", 12, F_TOKENS),
+    Column("Token source", "Where the counts came from", 16),
+    Column("TTFT (ms)", TTFT_WHAT, 10, F_MS),
+    Column("TPOT (ms)", "(E2E - TTFT) / (output tokens - 1)", 10, F_MS),
+    Column("E2E (ms)", E2E_WHAT, 10, F_MS),
+    Column("ITL count", "Number of gaps between content events", 8, F_COUNT),
+    Column("ITL p50 (ms)", "Median gap between this request's content events", 10, F_MS),
+    Column("Start (s)", "When it was sent, from the start of its cell's window", 10, F_S),
+    Column("Finish reason", "The engine's finish reason (length, stop, ...)", 10),
+    Column("Engine prefill (tokens/s)", "The engine's own prompt-processing figure", 12, F_TOKS),
+    Column("At (UTC)", "When it was journaled", 20),
 )
 
 FAILURE_COLUMNS = (
@@ -256,12 +348,29 @@ ANSWER_COLUMNS = (
     Column("GiB per 10k tokens", "Cost per token x 10,000 tokens", 10, F_GIB),
     Column("Measured/theory", "Measured cost per token / theory KV bytes per token", 10, F_RATIO),
     Column(
-        "TTFT p50 small prompt (ms)", "Median time to first token at the smallest prompt", 12, F_MS
+        "TTFT p50 small prompt (ms)",
+        "Median time to first token of the cell with the smallest prompt (the model's cells at "
+        "its lowest concurrency, #warm left out; Benchmarks sheet)",
+        12,
+        F_MS,
     ),
     Column(
-        "TTFT p50 large prompt (ms)", "Median time to first token at the largest prompt", 12, F_MS
+        "TTFT p50 large prompt (ms)",
+        "Median time to first token of the cell with the largest prompt (as above)",
+        12,
+        F_MS,
     ),
-    Column("Decode small prompt (tok/s)", "Decode throughput at the smallest prompt", 12, F_TOKS),
-    Column("Decode large prompt (tok/s)", "Decode throughput at the largest prompt", 12, F_TOKS),
+    Column(
+        "Decode small prompt (tok/s)",
+        "1 / mean TPOT of the cell with the smallest prompt (as above)",
+        12,
+        F_TOKS,
+    ),
+    Column(
+        "Decode large prompt (tok/s)",
+        "1 / mean TPOT of the cell with the largest prompt (as above)",
+        12,
+        F_TOKS,
+    ),
     Column("Warning", "The one thing to know before you trust this row", 50),
 )

@@ -1,4 +1,5 @@
-"""`reports/<run>.html`: the answer table and the charts in one self-contained page.
+"""`reports/<run>.html`: the answer table, the charts and the benchmark cells' main figures in
+one self-contained page.
 
 No network: the styles are inline and the charts inline SVG. On a phone the answer table turns
 into one card per model; printed, every chart stays whole on its page.
@@ -12,8 +13,9 @@ from html import escape
 from vramphysics.outcome import Outcome
 from vramphysics.redact import redact
 from vramphysics.report.answer import AnswerRow
-from vramphysics.report.columns import ANSWER_COLUMNS
-from vramphysics.report.series import ModelSeries
+from vramphysics.report.bench_tables import cell_row
+from vramphysics.report.columns import ANSWER_COLUMNS, BENCH_COLUMNS
+from vramphysics.report.series import ModelSeries, cell_order
 from vramphysics.report.svg import model_figures
 from vramphysics.report.tables import answer_table
 
@@ -74,6 +76,55 @@ def answer_table_html(answers: Sequence[AnswerRow]) -> str:
     )
 
 
+# the Benchmarks sheet's columns the page shows (the workbook and the JSON export have them all)
+HTML_BENCH_HEADERS = (
+    "Model",
+    "Context (tokens)",
+    "Cell",
+    "Prompt (tokens)",
+    "N measured",
+    "N failed",
+    "TTFT p50 (ms)",
+    "TTFT p90 (ms)",
+    "TTFT p99 (ms)",
+    "TPOT p50 (ms)",
+    "ITL p50 (ms)",
+    "E2E p50 (ms)",
+    "Decode (tokens/s)",
+    "Output (tokens/s)",
+    "Cold TTFT (ms)",
+    "Peak/predicted",
+    "Status",
+)
+
+
+def bench_table_html(outcome: Outcome) -> str:
+    """The cells, one row each, in the Benchmarks sheet's order; empty when there are none."""
+    headers = [c.header for c in BENCH_COLUMNS]
+    idx = [headers.index(h) for h in HTML_BENCH_HEADERS]
+    comments = {c.header: c.comment for c in BENCH_COLUMNS}
+    order = {m.model: i for i, m in enumerate(outcome.models)}
+    cells = sorted(outcome.cells, key=lambda c: (order.get(c.model, len(order)), cell_order(c)))
+    if not cells:
+        return ""
+    head = "".join(
+        f'<th title="{escape(comments[h])}">{escape(h)}</th>' for h in HTML_BENCH_HEADERS
+    )
+    body = []
+    for c in cells:
+        row = cell_row(c)
+        tds = "".join(_cell(row[i], h, None) for i, h in zip(idx, HTML_BENCH_HEADERS, strict=True))
+        status = "OK" if row[-1] == "OK" else ("FAILED" if row[-1] == "FAILED" else "INCOMPLETE")
+        body.append(f'<tr class="{status}">{tds}</tr>')
+    return (
+        '<h2>Benchmark cells</h2><div class="table-wrap"><table><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table></div>"
+    )
+
+
 def _model_section(s: ModelSeries) -> str:
     figures = "".join(
         f'<figure role="img" aria-label="{escape(alt)}">{svg}'
@@ -111,5 +162,6 @@ def render_html(
         f'<p class="meta">{escape(_meta(outcome))}</p>'
         f"{answer_table_html(answers)}"
         f"{sections or '<p>No model has points or benchmarks to draw.</p>'}"
+        f"{bench_table_html(outcome)}"
         "</body></html>\n"
     )

@@ -64,7 +64,7 @@ def _memory(ax: Axes, s: ModelSeries) -> None:
 
 
 def _scatter(
-    ax: Axes, xy: Sequence[tuple[int, float]], color: str, labels: tuple[str, ...]
+    ax: Axes, xy: Sequence[tuple[float, float]], color: str, labels: tuple[str, ...]
 ) -> None:
     ax.plot([x for x, _ in xy], [y for _, y in xy], "o-", color=color)
     title, xlabel, ylabel = labels
@@ -90,8 +90,8 @@ def model_figures(s: ModelSeries) -> list[tuple[str, str]]:
             out.append((alt, _to_svg(fig, alt)))
         if s.decode:
             fig = Figure(figsize=FIGSIZE)
-            labels = ("Decode vs context", "Context (tokens)", "Decode (tokens/s)")
+            labels = ("Decode vs prompt", "Prompt (tokens)", "Decode (tokens/s)")
             _scatter(fig.add_subplot(), s.decode, "#9467bd", labels)
-            alt = f"{s.model}: decode tokens/s vs context"
+            alt = f"{s.model}: decode tokens/s vs prompt tokens"
             out.append((alt, _to_svg(fig, alt)))
     return out

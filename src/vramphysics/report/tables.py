@@ -10,7 +10,7 @@ from vramphysics.outcome import ModelRow, Outcome
 from vramphysics.physics_db import PhysicsEntry
 from vramphysics.report import planning
 from vramphysics.report.answer import AnswerRow
-from vramphysics.report.columns import BENCH_COLUMNS, F_GIB, F_TOKENS, Column, ExtraSheet
+from vramphysics.report.columns import F_GIB, F_TOKENS, Column, ExtraSheet
 from vramphysics.report.series import is_engine_kv
 
 GIB = 2**30
@@ -105,47 +105,6 @@ def point_rows(outcome: Outcome) -> tuple[Rows, Ranges]:
             )
         if points:
             ranges[m.model] = (len(rows) - len(points) + 2, len(rows) + 1)
-    return rows, ranges
-
-
-def bench_rows(outcome: Outcome) -> tuple[Rows, Ranges]:
-    """The Benchmarks rows (a model's rows together, by prompt length), and their ranges."""
-    rows: Rows = []
-    ranges: Ranges = {}
-    for m in outcome.models:
-        mine = sorted(
-            (b for b in outcome.benches if b.model == m.model),
-            key=lambda b: (b.prompt_tokens or 0, b.ctx),
-        )
-        for b in mine:
-            rows.append(
-                (
-                    b.model,
-                    b.engine,
-                    b.ctx,
-                    _round(b.ttft_ms, 2),
-                    _round(b.decode_tokens_per_s, 2),
-                    _round(b.e2e_tokens_per_s, 2),
-                    _round(b.prefill_tokens_per_s, 2),
-                    b.output_tokens,
-                    b.prompt_tokens,
-                    b.token_source,
-                    b.setup_s,
-                    b.exec_s,
-                    b.cleanup_s,
-                    b.load_s,
-                    gib(b.peak_bytes),
-                    b.probe,
-                    b.device,
-                    b.engine_version,
-                    "OK",
-                )
-            )
-        if mine:
-            ranges[m.model] = (len(rows) - len(mine) + 2, len(rows) + 1)
-        elif m.status in ("FAILED", "MISSING"):
-            blanks = [None] * (len(BENCH_COLUMNS) - 4)
-            rows.append((m.model, m.engine, *blanks, m.engine_version, m.status))
     return rows, ranges
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vramphysics.report.answer import AnswerRow
+from vramphysics.report.export import BenchFiles
 
 HEADERS = ("model", "status", "max context", "util", "TTFT p50", "tok/s")
 
@@ -41,14 +42,23 @@ def answer_table_text(answers: Sequence[AnswerRow]) -> str:
 
 
 def run_end_text(
-    answers: Sequence[AnswerRow], *, xlsx: Path, html: Path, database: Path, journal: Path
+    answers: Sequence[AnswerRow],
+    *,
+    xlsx: Path,
+    html: Path,
+    database: Path,
+    journal: Path,
+    bench: BenchFiles | None = None,
 ) -> str:
-    """What the terminal shows when a run ends: the answers, then where everything is."""
+    """What the terminal shows when a run ends: the answers, then where everything is
+    (the benchmark cells' JSON and CSV when the run wrote them)."""
+    cells = [f"benchmarks:       {bench.json}", f"benchmarks (csv): {bench.csv}"] if bench else []
     return "\n".join(
         [
             answer_table_text(answers),
             f"report:           {xlsx}",
             f"report (html):    {html}",
+            *cells,
             f"physics database: {database}",
             f"journal:          {journal}",
         ]

@@ -1,7 +1,7 @@
 """The Excel workbook (openpyxl) from an Outcome and its answers, and nothing else.
 
-Sheets: Answer (first), Charts, Summary, Calibration, Points, Benchmarks, Failures, then any
-extra sheet (Plan) and the hidden ChartData the charts' lines read from. Every header states its
+Sheets: Answer (first), Charts, Summary, Calibration, Points, Benchmarks, Requests, Failures,
+then any extra sheet (Plan) and the hidden ChartData the charts' lines read from. Every header states its
 unit, carries a comment saying what the column means, and every figure cell shows its unit.
 """
 
@@ -25,6 +25,7 @@ from vramphysics.outcome import Outcome
 from vramphysics.physics_db import PhysicsEntry
 from vramphysics.redact import redact
 from vramphysics.report.answer import AnswerRow, answer_rows
+from vramphysics.report.bench_tables import bench_rows, request_rows
 from vramphysics.report.charts import add_charts
 from vramphysics.report.columns import (
     ANSWER_COLUMNS,
@@ -32,13 +33,13 @@ from vramphysics.report.columns import (
     CALIBRATION_COLUMNS,
     FAILURE_COLUMNS,
     POINT_COLUMNS,
+    REQUEST_COLUMNS,
     Column,
     ExtraSheet,
 )
 from vramphysics.report.series import all_series
 from vramphysics.report.tables import (
     answer_table,
-    bench_rows,
     calibration_rows,
     failure_rows,
     point_rows,
@@ -53,6 +54,7 @@ _STATUS_FILL = {
     "FAILED": FILL_FAILED,
     "NO_FIT": FILL_WARN,
     "INCOMPLETE": FILL_WARN,
+    "PARTIAL": FILL_WARN,
 }
 AUTHOR = "vram-physics"
 # lower is better: green -> red; higher is better: red -> green
@@ -174,6 +176,8 @@ def _summary(ws: Worksheet, outcome: Outcome) -> None:
         rows.append((f"Models {status}", n))
     rows.append(("Points measured", len(outcome.points)))
     rows.append(("Physics entries", len(outcome.entries)))
+    rows.append(("Benchmark cells", len(outcome.cells)))
+    rows.append(("Benchmark requests", len(outcome.requests)))
     for r, (k, v) in enumerate(rows, start=1):
         ws.cell(row=r, column=1, value=k).font = Font(bold=True)
         ws.cell(row=r, column=2, value=redact(v) if isinstance(v, str) else v)
@@ -201,7 +205,7 @@ def answer_sheet(wb: Workbook, answers: tuple[AnswerRow, ...]) -> Worksheet:
 
 
 def data_sheets(wb: Workbook, outcome: Outcome) -> tuple[dict[str, tuple[int, int]], ...]:
-    """Calibration, Points, Benchmarks and Failures; returns the Points and Benchmarks ranges."""
+    """Calibration, Points, Benchmarks, Requests and Failures; returns the Points and Benchmarks ranges."""
     ws = write_sheet(wb, "Calibration", CALIBRATION_COLUMNS, calibration_rows(outcome))
     fill_status(ws, 3)
     for row in ws.iter_rows(min_row=2):
@@ -212,9 +216,16 @@ def data_sheets(wb: Workbook, outcome: Outcome) -> tuple[dict[str, tuple[int, in
     brows, bench_ranges = bench_rows(outcome)
     ws = write_sheet(wb, "Benchmarks", BENCH_COLUMNS, brows)
     fill_status(ws, len(BENCH_COLUMNS))
-    color_scale(ws, BENCH_COLUMNS, "TTFT (ms)", low_good=True)
-    for header in ("Decode (tokens/s)", "End-to-end (tokens/s)", "Prefill (tokens/s)"):
+    for header in ("TTFT p50 (ms)", "TPOT p50 (ms)", "E2E p50 (ms)"):
+        color_scale(ws, BENCH_COLUMNS, header, low_good=True)
+    for header in ("Decode (tokens/s)", "Output (tokens/s)", "Prefill (tokens/s)"):
         color_scale(ws, BENCH_COLUMNS, header, low_good=False)
+    ws = write_sheet(wb, "Requests", REQUEST_COLUMNS, request_rows(outcome))
+    ok_col = [c.header for c in REQUEST_COLUMNS].index("OK")
+    for row in ws.iter_rows(min_row=2):
+        if row[ok_col].value == "no":
+            for cell in row:
+                cell.fill = FILL_FAILED
     ws = write_sheet(wb, "Failures", FAILURE_COLUMNS, failure_rows(outcome))
     for row in ws.iter_rows(min_row=2):
         for cell in row:

@@ -17,7 +17,9 @@ from vramphysics import physics_db
 from vramphysics.config import Config
 from vramphysics.errors import ConfigError
 from vramphysics.outcome import Outcome, build_outcome
-from vramphysics.records import Record
+from vramphysics.physics_db import PhysicsEntry
+from vramphysics.provenance import Provenance
+from vramphysics.records import Record, RunHeader
 from vramphysics.report import ReportFiles, run_end_text, write_reports
 
 log = logging.getLogger("vramphysics.runner")
@@ -82,6 +84,18 @@ class Finalized:
         return [e for e in (self.db_error, self.report_error) if e]
 
 
+def run_entries(outcome: Outcome, run_id: str) -> tuple[PhysicsEntry, ...]:
+    """The run's database entries, each with its provenance: the host and tool version from the
+    run header, this run's ID (the engine version and driver are in the entry already)."""
+    header: RunHeader | None = outcome.header
+    provenance = Provenance(
+        host=header.host if header else None,
+        run_id=run_id,
+        tool_version=header.tool_version if header else None,
+    )
+    return physics_db.with_provenance(outcome.entries, provenance)
+
+
 def finalize(cfg: Config, run_id: str, records: list[Record]) -> Finalized:
     """Derive the database entries, then the report (xlsx and html), from the journal's records.
 
@@ -93,15 +107,12 @@ def finalize(cfg: Config, run_id: str, records: list[Record]) -> Finalized:
     outcome = build_outcome(records, min_points=cfg.sweep.min_points)
     db = physics_db.db_path(cfg.paths.calibration_dir)
     db_error: str | None = None
+    new = run_entries(outcome, run_id)
     try:
-        entries = (
-            physics_db.write_entries(db, outcome.entries)
-            if outcome.entries
-            else physics_db.load(db)
-        )
+        entries = physics_db.write_entries(db, new) if new else physics_db.load(db)
     except OSError as exc:
         db_error = _write_failure(exc, db.parent, "calibration")
-        entries = physics_db.merge(physics_db.load(db), outcome.entries)
+        entries = physics_db.merge(physics_db.load(db), new)
     report = cfg.paths.report_dir / f"{run_id}.xlsx"
     report_error: str | None = None
     files: ReportFiles | None = None
@@ -154,7 +165,16 @@ def _print_done(run_id: str, done: Finalized, journal: Path) -> None:
     print(f"run {run_id}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if done.files is not None and not done.db_error:
         f = done.files
-        print(run_end_text(f.answers, xlsx=f.xlsx, html=f.html, database=done.db, journal=journal))
+        print(
+            run_end_text(
+                f.answers,
+                xlsx=f.xlsx,
+                html=f.html,
+                database=done.db,
+                journal=journal,
+                bench=f.bench,
+            )
+        )
         return
     print(f"physics database: {done.db}" + (" (NOT written)" if done.db_error else ""))
     print(f"report: {done.report}" + (" (NOT written)" if done.report_error else ""))

@@ -7,19 +7,20 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from vramphysics.bench import throughput
-from vramphysics.calibrate import measure_point
-from vramphysics.engines.base import Availability, Engine
+from vramphysics.bench import StartFacts, bench_plan, cold_request, run_bench
+from vramphysics.calibrate import StartTimes, measure_point
+from vramphysics.engines.base import Availability, Completion, Engine
 from vramphysics.errors import ConfigError, EngineError
 from vramphysics.outcome import fits_for
 from vramphysics.probes import ProbeChoice
-from vramphysics.records import BenchResult, CalibrationPoint, ModelInfo, StatusRow
+from vramphysics.recorder import Recorder
+from vramphysics.records import BenchCell, CalibrationPoint, ModelInfo, StatusRow
 from vramphysics.runner.guardrail import _guardrail, _make_probe_factory
 from vramphysics.runner.state import _engine, _fail, _Run
 from vramphysics.setups import ModelSpec
 
 if TYPE_CHECKING:
-    from vramphysics.probes import MemoryTrace
+    from vramphysics.bench import BenchPlan
     from vramphysics.theory import Theory
 
 log = logging.getLogger("vramphysics.runner")
@@ -114,12 +115,16 @@ def _sweep(
     bench_ctx = spec.ctx if spec.ctx is not None else max(contexts)
     n_failed = 0
     sweep = contexts if bench_ctx in contexts else [*contexts, bench_ctx]
+    if not run.cfg.bench.enabled:
+        bench_ctx, sweep = -1, contexts
+    max_s = run.cfg.bench.max_s_per_model
+    deadline = None if max_s is None else time.monotonic() + max_s
     for ctx in sweep:
         calibrating = ctx in contexts
-        need_bench = ctx == bench_ctx and not run.bench_done(spec.raw)
+        bench = _bench_plan(run, engine, spec, ctx) if ctx == bench_ctx else None
         if calibrating:
             run.progress.set_description(f"{spec.raw} ctx={ctx}")
-        if (not calibrating or run.point_done(spec.raw, ctx)) and not need_bench:
+        if (not calibrating or run.point_done(spec.raw, ctx)) and not (bench and bench.pending):
             if calibrating:
                 run.progress.update(1)
             continue
@@ -133,8 +138,9 @@ def _sweep(
                 spec,
                 ctx,
                 calibrating=calibrating,
-                bench=need_bench,
+                bench=bench if bench and bench.pending else None,
                 make_probe=make_probe,
+                deadline=deadline,
             )
         except EngineError as exc:
             n_failed += 1
@@ -143,6 +149,14 @@ def _sweep(
             if calibrating:
                 run.progress.update(1)
     return n_failed
+
+
+def _bench_plan(run: _Run, engine: Engine, spec: ModelSpec, ctx: int) -> BenchPlan:
+    """The benchmark cells of a model at its benchmark context, and those already done."""
+    finished = [
+        r for r in run.done if isinstance(r, BenchCell) and r.model == spec.raw and r.ctx == ctx
+    ]
+    return bench_plan(run.cfg.bench, engine, ctx, warm=spec.warm, finished=finished)
 
 
 def _record_status(run: _Run, spec: ModelSpec, engine: Engine, n_failed: int) -> None:
@@ -165,13 +179,28 @@ def _one_start(
     ctx: int,
     *,
     calibrating: bool,
-    bench: bool,
+    bench: BenchPlan | None,
     make_probe: Callable[[Engine], ProbeChoice],
+    deadline: float | None,
 ) -> None:
+    """One start: its calibration point (recorded as soon as it is measured), then, on the
+    benchmark's start, every pending benchmark cell with the probe still sampling."""
     cfg = run.cfg
-    t_start = time.monotonic()
+
+    kept: list[CalibrationPoint] = []
+
+    def keep(point: CalibrationPoint) -> None:
+        if not kept and calibrating and not run.point_done(spec.raw, ctx):
+            run.record(point)
+        kept.append(point)
+
+    def during(point: CalibrationPoint, recorder: Recorder, times: StartTimes) -> None:
+        keep(point)
+        if bench is not None:
+            _bench(run, engine, spec, ctx, bench, recorder, times, deadline)
+
     try:
-        point, trace, _times = measure_point(
+        point, _trace, _times = measure_point(
             engine,
             spec,
             ctx,
@@ -179,46 +208,62 @@ def _one_start(
             interval_s=cfg.probes.interval_ms / 1e3,
             settle_s=cfg.sweep.settle_s,
             warmup_tokens=cfg.bench.warmup_max_tokens,
+            during=during,
         )
-        if calibrating and not run.point_done(spec.raw, ctx):
-            run.record(point)
-        if bench:
-            _bench(run, engine, spec, ctx, trace, t_start)
+        keep(point)
     finally:
         engine.stop()
 
 
 def _bench(
-    run: _Run, engine: Engine, spec: ModelSpec, ctx: int, trace: MemoryTrace, t_start: float
+    run: _Run,
+    engine: Engine,
+    spec: ModelSpec,
+    ctx: int,
+    plan: BenchPlan,
+    recorder: Recorder,
+    times: StartTimes,
+    deadline: float | None,
 ) -> None:
-    """One completion on the started engine, timed, then the stop, timed: a BenchResult."""
-    cfg = run.cfg
-    setup_s = time.monotonic() - t_start
-    completion = engine.complete(cfg.bench.prompt, cfg.bench.max_tokens)
-    engine.check_alive()
-    tp = throughput(completion)
-    t_stop = time.monotonic()
-    engine.stop()
-    cleanup_s = time.monotonic() - t_stop
-    run.record(
-        BenchResult(
-            model=spec.raw,
-            engine=engine.name,
-            ctx=ctx,
-            ttft_ms=tp.ttft_ms,
-            output_tokens=tp.output_tokens,
-            prompt_tokens=tp.prompt_tokens,
-            token_source=completion.usage.source,
-            decode_tokens_per_s=tp.decode_tokens_per_s,
-            e2e_tokens_per_s=tp.e2e_tokens_per_s,
-            prefill_tokens_per_s=tp.prefill_tokens_per_s,
-            setup_s=round(setup_s, 3),
-            exec_s=round(tp.exec_s, 3),
-            cleanup_s=round(cleanup_s, 3),
-            peak_bytes=trace.attributed_peak_bytes,
-            probe=trace.probe,
-            device=trace.device,
-            engine_version=engine.version(),
-            load_s=completion.engine_timings.get("load_s"),
-        )
+    """The benchmark cells on the started engine, the memory recorder still sampling."""
+    cold = times.cold
+    cold_fig = cold_request_facts(cold)
+    facts = StartFacts(
+        model=spec.raw,
+        engine=engine.name,
+        ctx=ctx,
+        engine_version=engine.version(),
+        settings=engine.settings(),
+        load_s=round(times.ready_s, 3),
+        cold_ttft_ms=cold_fig[0],
+        cold_prompt_tokens=cold_fig[1],
+        predicted_bytes=_predicted(run, spec, ctx),
+        probe=recorder.probe.name,
+        device=recorder.probe.device,
     )
+    if cold is not None:
+        run.record(cold_request(facts, cold, run.cfg.bench.warmup_max_tokens))
+    run_bench(
+        engine,
+        run.cfg.bench,
+        plan,
+        facts=facts,
+        memory=recorder,
+        record=run.record,
+        deadline=deadline,
+        progress=not run.progress.disable,
+    )
+
+
+def cold_request_facts(cold: Completion | None) -> tuple[float | None, int | None]:
+    """The cold request's TTFT (ms, rounded) and prompt tokens."""
+    if cold is None or cold.ttft_ms is None:
+        return None, None
+    return round(cold.ttft_ms, 3), cold.usage.prompt_tokens
+
+
+def _predicted(run: _Run, spec: ModelSpec, ctx: int) -> float | None:
+    """The calibration's prediction for a start at `ctx`, from this run's points so far."""
+    points = [r for r in run.done if isinstance(r, CalibrationPoint) and r.model == spec.raw]
+    fits, _why = fits_for(points, run.cfg.sweep.min_points)
+    return fits[0][1].predict(ctx) if fits else None

@@ -26,6 +26,7 @@ from vramphysics import __version__, physics_db
 from vramphysics.config import Config, load_config
 from vramphysics.engines.process import kill_leftovers
 from vramphysics.errors import ConfigError, Interrupted
+from vramphysics.hostinfo import cpu_model
 from vramphysics.journal import Journal, journal_path, latest_run_id, read_journal
 from vramphysics.probes import nvml_status
 from vramphysics.recorder import run_probe_rule
@@ -133,6 +134,8 @@ def _header(
         driver=run.nvml.gpus[0].driver if run.nvml.gpus else None,
         sweep_contexts=list(run.cfg.sweep.contexts),
         argv=[redact(a) for a in sys.argv],
+        cpu_model=cpu_model(),
+        cuda_version=run.nvml.cuda_version,
     )
 
 

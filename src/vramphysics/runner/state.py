@@ -14,7 +14,7 @@ from vramphysics.engines.base import Engine
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.journal import Journal
 from vramphysics.probes import NvmlStatus
-from vramphysics.records import BenchResult, CalibrationPoint, Record, StatusRow
+from vramphysics.records import CalibrationPoint, Record, StatusRow
 from vramphysics.redact import redact
 from vramphysics.setups import ModelSpec
 from vramphysics.yamlio import load_yaml
@@ -40,9 +40,6 @@ class _Run:
         return any(
             isinstance(r, CalibrationPoint) and r.model == model and r.ctx == ctx for r in self.done
         )
-
-    def bench_done(self, model: str) -> bool:
-        return any(isinstance(r, BenchResult) and r.model == model for r in self.done)
 
     def model_done(self, model: str) -> bool:
         return any(

@@ -18,6 +18,10 @@ safetensors readers); everything else is a pure function over plain values.
 
 Modules: `common` (the Theory record, cache dtypes, the formula), `gguf`, `hf` (config.json),
 `ollama` (/api/show), `safetensors` (weights bytes) and `load` (one entry point for the CLI).
+The vision side: `vision` (the prompt tokens an image or a video becomes, from the processor's
+settings), `vision_load` (those settings from preprocessor_config.json and friends) and
+`vision_weights` (the vision tower's bytes vs the language model's, from the headers);
+`predict_media_tokens` is the one call for "how many tokens does this image take in this folder".
 """
 
 from vramphysics.theory.common import KV_DTYPES, Theory, kv_dtype_bytes, resolve_kv_dtype
@@ -30,6 +34,7 @@ from vramphysics.theory.safetensors import (
     SAFETENSORS_INDEX,
     weights_bytes_from_safetensors,
 )
+from vramphysics.theory.vision_load import predict_media_tokens
 
 __all__ = [
     "kv_dtype_bytes",
@@ -37,6 +42,7 @@ __all__ = [
     "load_hf_config",
     "load_ollama_show",
     "load_theory",
+    "predict_media_tokens",
     "resolve_kv_dtype",
     "SAFETENSORS_DTYPE_BYTES",
     "SAFETENSORS_INDEX",

@@ -99,23 +99,41 @@ def _tensor_bytes(name: str, info: Any, *, path: Path, float_bytes: float | None
     return nbytes
 
 
+def _safetensors_files(folder: Path) -> tuple[list[Path], Any]:
+    """The safetensors files of a folder (the index's shards when it has one) and the index."""
+    index_path = folder / SAFETENSORS_INDEX
+    if not index_path.is_file():
+        return sorted(folder.glob("*.safetensors")), None
+    index = _load_json(index_path, what="safetensors index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ConfigError("no weight_map", path=index_path, key="weight_map")
+    files = [folder / name for name in sorted(set(map(str, weight_map.values())))]
+    for f in files:
+        if not f.is_file():
+            raise ConfigError(f"shard {f.name} is listed but missing", path=index_path)
+    return files, index
+
+
+def tensor_bytes_by_name(folder: Path) -> dict[str, int]:
+    """Bytes of every tensor of the folder's safetensors files, by name, as stored (headers
+    only; tensors are never loaded). Empty when the folder has none."""
+    files, _ = _safetensors_files(Path(folder))
+    sizes: dict[str, int] = {}
+    for f in files:
+        header = _safetensors_header(f)
+        for name, info in header.items():
+            if name != "__metadata__":
+                sizes[name] = _tensor_bytes(name, info, path=f)
+    return sizes
+
+
 def _weights_from_safetensors(
     folder: Path, float_bytes: float | None = None
 ) -> tuple[int | None, list[str]]:
     notes: list[str] = []
     index_path = folder / SAFETENSORS_INDEX
-    if index_path.is_file():
-        index = _load_json(index_path, what="safetensors index")
-        weight_map = index.get("weight_map") if isinstance(index, dict) else None
-        if not isinstance(weight_map, dict):
-            raise ConfigError("no weight_map", path=index_path, key="weight_map")
-        files = [folder / name for name in sorted(set(map(str, weight_map.values())))]
-        for f in files:
-            if not f.is_file():
-                raise ConfigError(f"shard {f.name} is listed but missing", path=index_path)
-    else:
-        files = sorted(folder.glob("*.safetensors"))
-        index = None
+    files, index = _safetensors_files(folder)
     if not files:
         return None, notes
     total = 0

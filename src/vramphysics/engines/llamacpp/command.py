@@ -73,3 +73,46 @@ def server_command(
         args = ["--model", str(path), "--n_ctx", str(ctx), "--host", host, "--port", port_text]
         args += ["--n_gpu_layers", str(cfg.n_gpu_layers)]
     return base + args + list(cfg.extra_args)
+
+
+def speaks_llama_server(cfg: LlamaCppConfig, *, llama_server: bool) -> bool:
+    """The server we start is llama-server (its API: /tokenize, /props, `timings`), not
+    llama-cpp-python: found on PATH, or the configured command names it."""
+    return llama_server or bool(cfg.command and "llama-server" in Path(cfg.command[0]).name)
+
+
+_PARALLEL_FLAGS = ("--parallel", "-np")
+
+
+def parallel_slots(argv: list[str]) -> int | None:
+    """llama-server's `--parallel N` / `-np N` in `argv` (the last one wins, as in its parser)."""
+    slots = None
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in _PARALLEL_FLAGS:
+            continue
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if value.strip().isdigit():
+            slots = int(value)
+    return slots
+
+
+def gen_payload(
+    prompt: str, output_tokens: int, *, exact: bool, llama_server: bool
+) -> dict[str, object]:
+    """A timed benchmark request to /v1/completions: never `logprobs` (they make the engine
+    compute a softmax per token). Exactly `output_tokens` when `exact`: llama-server's
+    `ignore_eos`, llama-cpp-python's `min_tokens` (it masks the end-of-sequence token until
+    then); both stop at `max_tokens`."""
+    payload: dict[str, object] = {
+        "prompt": prompt,
+        "max_tokens": output_tokens,
+        "temperature": 0.0,
+        "stream_options": {"include_usage": True},
+    }
+    if exact and llama_server:
+        payload["ignore_eos"] = True
+    elif exact:
+        payload["min_tokens"] = output_tokens
+    return payload

@@ -20,6 +20,7 @@ from vramphysics.engines.base import (
     Completion,
     Engine,
     EngineStatus,
+    GenRequest,
     MemoryComponents,
     ResidentModel,
 )
@@ -27,13 +28,24 @@ from vramphysics.engines.gpus import gpu_env, pinned_indices
 from vramphysics.engines.llamacpp.command import (
     API_KEY_VARIABLES,
     base_command,
+    gen_payload,
+    parallel_slots,
     resolve_model_path,
     server_command,
+    speaks_llama_server,
     uses_llama_server,
 )
 from vramphysics.engines.llamacpp.config import LlamaCppConfig
 from vramphysics.engines.llamacpp.log import components_from_log
-from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
+from vramphysics.engines.media import refuse_media
+from vramphysics.engines.openai_compat import (
+    Counting,
+    engine_client,
+    pick_model,
+    served_models,
+    server_api_key,
+    stream_completion,
+)
 from vramphysics.engines.process import DISK_FULL, ManagedProcess, read_tail
 from vramphysics.errors import EngineError, SetupError
 from vramphysics.setups import ModelSpec
@@ -56,17 +68,29 @@ class LlamaCppEngine(Engine):
         self._spec: ModelSpec | None = None
         self._ctx: int | None = None
         self._uses_llama_server = uses_llama_server(cfg)
+        # the server speaks llama-server's API (found on PATH, configured, or seen on attach)
+        self._llama_server_api = speaks_llama_server(cfg, llama_server=self._uses_llama_server)
         # `port: auto`: none until a start takes a free one (0 answers nothing)
         self._port = cfg.port if isinstance(cfg.port, int) else 0
+        self._attached: str | None = None  # the URL of a server someone else runs
+        self._served_model: str | None = None  # the model name we send to an attached server
+        self._props: dict[str, Any] = {}  # llama-server's /props of an attached server
         key = server_api_key([*(cfg.command or []), *cfg.extra_args], os.environ, API_KEY_VARIABLES)
         self._client = engine_client(cfg.request_timeout_s, key)
 
     @property
     def base_url(self) -> str:
+        if self._attached is not None:
+            return self._attached
         return f"http://{self.cfg.host}:{self._port}"
 
     def version(self) -> str:
-        if self._uses_llama_server:
+        if self._attached is not None:
+            build = self._props.get("build_info")
+            if not self._llama_server_api:
+                return "unknown (llama-cpp-python's server does not say)"
+            return f"llama-server {build}" if isinstance(build, str) else "llama-server"
+        if self._llama_server_api:
             return "llama-server"
         try:
             return f"llama-cpp-python {metadata.version('llama_cpp_python')}"
@@ -109,6 +133,7 @@ class LlamaCppEngine(Engine):
 
     def start(self, spec: ModelSpec, ctx: int) -> None:
         self.stop()
+        self._detach_url()
         path = self.model_path(spec)
         self._port = self.claim_port(self.cfg.host, self.cfg.port, model_id=spec.raw)
         argv = server_command(
@@ -189,6 +214,8 @@ class LlamaCppEngine(Engine):
         )
 
     def check_alive(self) -> None:
+        if self._attached is not None:
+            return  # not ours to watch: a failed request says what happened
         proc = self._require_proc()
         if not proc.alive():
             raise EngineError(
@@ -198,36 +225,142 @@ class LlamaCppEngine(Engine):
                 log_tail=proc.log_tail(),
             )
 
-    def _count_tokens(self, text: str) -> int:
-        url = "/tokenize" if self._uses_llama_server else "/extras/tokenize"
-        body = {"content": text} if self._uses_llama_server else {"input": text}
-        r = self._client.post(
-            f"{self.base_url}{url}", json=body, timeout=self.cfg.request_timeout_s
+    # -- requests ----------------------------------------------------------------------------
+    def _tokenize(self, text: str, *, special: bool) -> int:
+        """llama-server /tokenize (`add_special`: the BOS a prompt gets), or llama-cpp-python
+        /extras/tokenize (which always adds the special tokens, as its completions do)."""
+        if self._llama_server_api:
+            url, body = "/tokenize", {"content": text, "add_special": special}
+        else:
+            url, body = "/extras/tokenize", {"input": text}
+        if self._served_model is not None and not self._llama_server_api:
+            body["model"] = self._served_model
+        try:
+            r = self._client.post(
+                f"{self.base_url}{url}", json=body, timeout=self.cfg.request_timeout_s
+            )
+        except httpx.TransportError as exc:
+            raise EngineError(
+                "request_failed", f"{type(exc).__name__} talking to {self.base_url}{url}"
+            ) from exc
+        try:
+            tokens = r.json().get("tokens") if r.status_code == 200 else None
+        except (ValueError, AttributeError):
+            tokens = None
+        if not isinstance(tokens, list):
+            raise EngineError(
+                "request_failed",
+                f"no token list from {self.base_url}{url} (HTTP {r.status_code}: {r.text[:200]})",
+            )
+        return len(tokens)
+
+    def count_prompt_tokens(self, text: str) -> int:
+        """The prompt tokens of a `generate` of `text`: the engine's tokenizer with the special
+        tokens its completions add (the BOS), as its own usage counts them."""
+        self._require_ready()
+        return self._tokenize(text, special=True)
+
+    def _count_text_tokens(self, text: str) -> int:
+        """Generated text, re-tokenized (without the BOS a prompt gets)."""
+        if self._llama_server_api:
+            return self._tokenize(text, special=False)
+        return self._tokenize(text, special=True) - self._tokenize("", special=True)
+
+    def generate(self, request: GenRequest) -> Completion:
+        """A timed request to /v1/completions, without `logprobs` (see `gen_payload`). Media
+        are refused before anything is sent: /v1/completions takes text only."""
+        refuse_media(
+            "llama.cpp",
+            request.media,
+            "vram-physics sends llama.cpp text completions (no multimodal projector yet)",
+            self._spec.raw if self._spec else None,
         )
-        r.raise_for_status()
-        return len(r.json()["tokens"])
+        payload = gen_payload(
+            request.prompt,
+            request.output_tokens,
+            exact=request.exact,
+            llama_server=self._llama_server_api,
+        )
+        return self._stream(payload, request.prompt, request.output_tokens)
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
-        self._require_proc()
-        payload = {
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "logprobs": 1,  # every chunk then lists its tokens: the engine's own count
-            "stream_options": {"include_usage": True},
-        }
+        payload = gen_payload(prompt, max_tokens, exact=False, llama_server=self._llama_server_api)
+        return self._stream(payload, prompt, max_tokens)
+
+    def _stream(self, payload: dict[str, Any], prompt: str, max_tokens: int) -> Completion:
+        self._require_ready()
+        if self._served_model is not None:
+            payload["model"] = self._served_model
+        counting = Counting(
+            prompt=lambda: self._tokenize(prompt, special=True),
+            text=self._count_text_tokens,
+            max_tokens=max_tokens,
+        )
         try:
             return stream_completion(
                 self._client,
                 f"{self.base_url}/v1/completions",
                 payload,
                 timeout_s=self.cfg.request_timeout_s,
-                count_tokens=self._count_tokens,
+                counting=counting,
                 model_id=self._spec.raw if self._spec else None,
             )
         except EngineError:
             self.check_alive()
             raise
+
+    def max_concurrency(self) -> tuple[int | None, str]:
+        if not self._llama_server_api:
+            return 1, "llama-cpp-python's server serializes requests"
+        if self._attached is not None:
+            slots = self._props.get("total_slots")
+            if isinstance(slots, int) and slots > 0:
+                return slots, f"llama-server's parallel slots (/props total_slots {slots})"
+            return 1, "llama-server's /props does not give total_slots: assumed 1"
+        argv = server_command(
+            self.cfg, llama_server=self._uses_llama_server, path=Path("m.gguf"), ctx=1, port=1
+        )
+        slots = parallel_slots(argv) or 1
+        return slots, f"llama-server's parallel slots (--parallel {slots})"
+
+    # -- a server someone else runs ------------------------------------------------------------
+    def attach(self, url: str, model: str) -> None:
+        """Talk to the llama-server or llama-cpp-python server at `url` (which it is: /props
+        answers only on llama-server). Nothing of ours runs: `stop` and `close` leave it."""
+        self.stop()
+        base = url.rstrip("/")
+        entry = pick_model(served_models(self._client, base), model, base)
+        self._attached, self._served_model = base, str(entry.get("id"))
+        self._props = self._read_props(base)
+        self._llama_server_api = bool(self._props)
+        log.info(
+            "attached to %s at %s, model %s",
+            "llama-server" if self._props else "llama-cpp-python",
+            base,
+            self._served_model,
+        )
+
+    def _read_props(self, base: str) -> dict[str, Any]:
+        """llama-server's /props ({} from llama-cpp-python, which has none)."""
+        try:
+            r = self._client.get(f"{base}/props", timeout=10.0)
+        except httpx.TransportError as exc:
+            raise EngineError("unreachable", f"{base}/props: {type(exc).__name__}") from exc
+        if r.status_code != 200:
+            return {}
+        try:
+            props = r.json()
+        except ValueError:
+            return {}
+        return props if isinstance(props, dict) else {}
+
+    def _detach_url(self) -> None:
+        self._attached, self._served_model, self._props = None, None, {}
+        self._llama_server_api = speaks_llama_server(self.cfg, llama_server=self._uses_llama_server)
+
+    def _require_ready(self) -> None:
+        if self._attached is None:
+            self._require_proc()
 
     def root_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.alive() else None

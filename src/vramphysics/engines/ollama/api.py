@@ -271,6 +271,10 @@ def engine_timings(final: Mapping[str, Any]) -> dict[str, float]:
     if isinstance(n_eval, int) and isinstance(eval_ns, int) and eval_ns > 0:
         out["decode_tokens_per_s"] = n_eval / (eval_ns / 1e9)
     n_prompt, prompt_ns = final.get("prompt_eval_count"), final.get("prompt_eval_duration")
+    cached = final.get("prompt_eval_cached_count")  # newer Ollama: part of prompt_eval_count
+    if isinstance(cached, int):
+        out["prompt_cached_tokens"] = float(cached)
+        n_prompt = n_prompt - cached if isinstance(n_prompt, int) else n_prompt
     if isinstance(n_prompt, int) and isinstance(prompt_ns, int) and prompt_ns > 0:
         out["prefill_tokens_per_s"] = n_prompt / (prompt_ns / 1e9)
     load_ns = final.get("load_duration")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from vramphysics.engines.base import (
     Completion,
     Engine,
     EngineStatus,
+    GenRequest,
+    MediaItem,
     MemoryComponents,
 )
 from vramphysics.engines.ollama import api
@@ -36,7 +39,7 @@ from vramphysics.engines.ollama.api import (
     int_or_none,
     normalize_model_name,
 )
-from vramphysics.engines.ollama.chat import chat
+from vramphysics.engines.ollama.chat import chat, chat_payload, prompt_eval_count
 from vramphysics.engines.ollama.config import OllamaConfig
 from vramphysics.engines.ollama.load import (
     LoadResult,
@@ -73,6 +76,7 @@ class OllamaEngine(Engine):
         self._load_result: LoadResult | None = None
         self._warned: set[str] = set()
         self._closed = False
+        self._attached: str | None = None  # the model we talk to on a server someone else runs
 
     @property
     def base_url(self) -> str:
@@ -173,6 +177,8 @@ class OllamaEngine(Engine):
         collects its answer.
         """
         self.stop()
+        if self._attached is not None:
+            raise RuntimeError("attached to a server someone else runs: no start")
         self._ensure_server()
         self._log_offset = self._server.log_size()
         self._spec, self._ctx = spec, ctx
@@ -260,6 +266,8 @@ class OllamaEngine(Engine):
             )
 
     def check_alive(self) -> None:
+        if self._attached is not None:
+            return  # not ours to watch: a failed request says what happened
         spec, _ctx = self._require_started()
         self._raise_if_server_died(spec)
         try:
@@ -276,31 +284,101 @@ class OllamaEngine(Engine):
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
         """A streamed `/api/chat`; TTFT at the first chunk with text, counts from the final object."""
-        spec, ctx = self._require_started()
+        return self._chat(prompt, max_tokens)
+
+    def generate(self, request: GenRequest) -> Completion:
+        """A timed streamed `/api/chat`. Ollama cannot be told to ignore the end-of-sequence
+        token: `num_predict` is only a limit (see `chat_payload`), so `exact` asks for no more
+        than it does; `eval_count` says what the engine really produced."""
+        return self._chat(request.prompt, request.output_tokens, request.media)
+
+    def _chat(self, prompt: str, num_predict: int, media: Sequence[MediaItem] = ()) -> Completion:
+        model, ctx, model_id = self._target()
         url = f"{self.base_url}/api/chat"
-        payload = {
-            "model": spec.name,
-            "messages": [{"role": "user", "content": prompt}],
-            "stream": True,
-            "options": {"num_ctx": ctx, "num_predict": max_tokens, "temperature": 0},
-            "keep_alive": self.cfg.keep_alive,
-        }
+        payload = chat_payload(
+            model, prompt, num_predict, num_ctx=ctx, keep_alive=self.cfg.keep_alive, media=media
+        )
         try:
             return chat(
-                self._client,
-                url,
-                payload,
-                timeout_s=self.cfg.request_timeout_s,
-                model_id=spec.raw,
+                self._client, url, payload, timeout_s=self.cfg.request_timeout_s, model_id=model_id
             )
         except httpx.TransportError as exc:  # timeouts are EngineErrors already
-            self._raise_if_server_died(spec)
+            if self._spec is not None:
+                self._raise_if_server_died(self._spec)
             raise EngineError(
-                "request_failed", f"{type(exc).__name__} talking to {url}", model_id=spec.raw
+                "request_failed", f"{type(exc).__name__} talking to {url}", model_id=model_id
             ) from exc
 
+    def count_prompt_tokens(self, text: str) -> int:
+        """Ollama has no tokenize endpoint: one `/api/chat` of `text` with `num_predict` 1 and
+        its `prompt_eval_count` (the chat template included, as in `generate`).
+
+        Cost: a whole prefill of `text` plus one decoded token. And Ollama's prompt cache then
+        holds `text`: a `generate` of the very same text right after finds its prefill done
+        (fast TTFT); time texts other than the ones counted (unique prefixes)."""
+        model, ctx, model_id = self._target()
+        payload = chat_payload(model, text, 1, num_ctx=ctx, keep_alive=self.cfg.keep_alive)
+        return prompt_eval_count(
+            self._client,
+            f"{self.base_url}/api/chat",
+            payload,
+            timeout_s=self.cfg.request_timeout_s,
+            model_id=model_id,
+        )
+
+    def max_concurrency(self) -> tuple[int | None, str]:
+        """Ollama serves up to num_parallel requests of a model at once."""
+        n, source = self.num_parallel()
+        return n, f"Ollama's num_parallel {n} ({source})"
+
+    def _target(self) -> tuple[str, int | None, str]:
+        """The model a request names, the num_ctx it sends (None on an attached server), and
+        the model ID errors name."""
+        if self._attached is not None:
+            return self._attached, None, self._attached
+        spec, ctx = self._require_started()
+        return spec.name, ctx, spec.raw
+
+    # -- a server someone else runs ------------------------------------------------------------
+    def attach(self, url: str, model: str) -> None:
+        """Talk to the Ollama server at `url` about `model` (a model in its store): no start,
+        no load with our num_ctx (requests leave its context as it is), no unload at `stop`."""
+        self.stop()
+        parsed = httpx.URL(url)
+        cfg = self.cfg.model_copy(
+            # our configured num_parallel was never applied to that server: ask it instead
+            update={
+                "host": parsed.host,
+                "port": parsed.port or 80,
+                "start_server": False,
+                "num_parallel": None,
+            }
+        )
+        self._server.stop()  # a server we started at the configured address, if any
+        self._server = OllamaServer(cfg, self._client, self)
+        version = self._server.probe_version()
+        if version is None:
+            raise EngineError("unreachable", f"nothing answers at {url}")
+        self._server.version = version
+        data = api.get_json(
+            self._client, self.base_url, "/api/tags", kind="request_failed", model_id=model
+        )
+        entry = find_model([m for m in data.get("models") or [] if isinstance(m, dict)], model)
+        if entry is None:
+            names = [str(m.get("name")) for m in data.get("models") or [] if isinstance(m, dict)]
+            raise EngineError(
+                "model_not_found",
+                f"the Ollama server at {self.base_url} has no model {model!r}; it has: "
+                + (", ".join(repr(n) for n in names) or "none"),
+            )
+        self._attached = str(entry.get("name") or model)
+        log.info("attached to Ollama %s at %s, model %s", version, self.base_url, self._attached)
+
     def root_pid(self) -> int | None:
-        """The server's pid: its tree holds the runner processes that load models."""
+        """The server's pid: its tree holds the runner processes that load models (None on a
+        server we attached to: its memory comes from NVML only)."""
+        if self._attached is not None:
+            return None
         return self._server.pid()
 
     def memory_report(self) -> MemoryComponents | None:

@@ -75,21 +75,28 @@ def docker_command(
     ]
 
 
-def _flag_note() -> tuple[str, bool | None]:
+def _flag_note() -> tuple[str, bool | None, str | None]:
+    """What the installed vLLM says about --kv-cache-memory-bytes, whether it takes it, and its
+    version as the engine writes it into entries (`vllm X`; None: no vLLM here)."""
     from vramphysics.engines.vllm.args import installed_flag_support
 
     version, supports = installed_flag_support()
     if version is None:
-        return "no vLLM installed here: check `vllm serve --help` for --kv-cache-memory-bytes", None
+        note = "no vLLM installed here: check `vllm serve --help` for --kv-cache-memory-bytes"
+        return note, None, None
     verb = "accepts" if supports else "does not accept"
-    return f"the installed vLLM {version} {verb} --kv-cache-memory-bytes", supports
+    return (
+        f"the installed vLLM {version} {verb} --kv-cache-memory-bytes",
+        supports,
+        f"vllm {version}",
+    )
 
 
 def advice(plan: Plan, request: AdviceRequest) -> Advice:
     """`vllm serve ...` and `docker run ...` for a plan that fits, and what the installed vLLM
     accepts (said for every plan)."""
-    note, supports = _flag_note()
-    facts = {"kv_cache_memory_bytes_supported": supports}
+    note, supports, version = _flag_note()
+    facts = {"kv_cache_memory_bytes_supported": supports, "installed_engine_version": version}
     if not plan.fits or plan.ctx is None:
         return Advice(notes=(note,), facts=facts)
     hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from vramphysics.engines.base import MemoryComponents
 from vramphysics.engines.gpus import pinned_indices
 from vramphysics.engines.vllm.config import VllmConfig
-from vramphysics.engines.vllm.log import VllmLogFacts, VllmMetricsFacts
+from vramphysics.engines.vllm.log import VllmLogFacts, VllmMetricsFacts, encoder_components
 from vramphysics.probes import nvml_status
 from vramphysics.setups import ModelSpec
 
@@ -165,5 +165,6 @@ class KvBudget:
                 "max_model_len": facts.max_model_len,
                 "log_kv_bytes": facts.available_kv_bytes,
                 "launch": self.cfg.mode,
+                **encoder_components(facts),
             },
         )

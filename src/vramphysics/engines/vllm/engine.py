@@ -23,11 +23,18 @@ from vramphysics.engines.base import (
     Completion,
     Engine,
     EngineStatus,
+    GenRequest,
+    MediaItem,
     MemoryComponents,
     ResidentModel,
 )
 from vramphysics.engines.gpus import pinned_indices
-from vramphysics.engines.openai_compat import engine_client, server_api_key, stream_completion
+from vramphysics.engines.openai_compat import (
+    Counting,
+    engine_client,
+    server_api_key,
+    stream_completion,
+)
 from vramphysics.engines.process import read_tail
 from vramphysics.engines.vllm.args import kv_cache_dtype, sanitize_container_name
 from vramphysics.engines.vllm.budget import KvBudget
@@ -40,6 +47,13 @@ from vramphysics.engines.vllm.log import (
     parse_metrics,
 )
 from vramphysics.engines.vllm.models import download_snapshot, validate_model_name
+from vramphysics.engines.vllm.requests import (
+    Attached,
+    attach,
+    request_body,
+    tokenize_body,
+    tokenize_count,
+)
 from vramphysics.errors import EngineError
 from vramphysics.redact import redact, redact_args
 from vramphysics.setups import ModelSpec
@@ -80,6 +94,7 @@ class VllmEngine(Engine):
         self._client = engine_client(cfg.request_timeout_s, key)
         self._budget = KvBudget(cfg, physics_path, self.settings)
         self._log_version: str | None = None
+        self._attached: Attached | None = None  # a server someone else runs (`attach`)
         self._reset_start()
 
     def _reset_start(self) -> None:
@@ -105,9 +120,13 @@ class VllmEngine(Engine):
     # -- what we run -------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
+        if self._attached is not None:
+            return self._attached.base_url
         return f"http://{self.cfg.host}:{self._port}"
 
     def version(self) -> str:
+        if self._attached is not None:
+            return self._attached.version
         installed = self._launcher.installed_version()
         if installed:
             return installed
@@ -189,6 +208,7 @@ class VllmEngine(Engine):
     # -- one start ---------------------------------------------------------------------------
     def start(self, spec: ModelSpec, ctx: int) -> None:
         self.stop()
+        self._attached = None
         found = self.lookup(spec)
         self._port = self.claim_port(self.cfg.host, self.cfg.port, model_id=spec.raw)
         self._spec, self._ctx = spec, ctx
@@ -329,6 +349,8 @@ class VllmEngine(Engine):
         )
 
     def check_alive(self) -> None:
+        if self._attached is not None:
+            return  # not ours to watch: a failed request says what happened
         exited = self._launcher.exit_status()
         if exited is not None:
             raise EngineError(
@@ -348,34 +370,70 @@ class VllmEngine(Engine):
         r.raise_for_status()
         return int(r.json()["count"])
 
+    def count_prompt_tokens(self, text: str) -> int:
+        """/tokenize as `generate` sends `text`: with the chat template and generation prompt
+        when the model has one, else with the special tokens (see `tokenize_body`)."""
+        model = self._require_model()
+        body = tokenize_body(model, text, chat=self._chat)
+        return tokenize_count(self._client, self.base_url, body, self.cfg.request_timeout_s)
+
+    def generate(self, request: GenRequest) -> Completion:
+        """A timed request (see `request_body`); counts from the stream's usage object."""
+        return self._stream(
+            request.prompt, request.output_tokens, exact=request.exact, media=request.media
+        )
+
     def complete(self, prompt: str, max_tokens: int) -> Completion:
         """A streamed chat completion when the model has a chat template, else a completion."""
-        if self._spec is None or self._served_model is None:
-            raise RuntimeError("engine not ready")
-        payload: dict[str, Any] = {
-            "model": self._served_model,
-            "max_tokens": max_tokens,
-            "temperature": 0.0,
-            "stream_options": {"include_usage": True},
-        }
-        if self._chat:
-            payload["messages"] = [{"role": "user", "content": prompt}]
-            url = f"{self.base_url}/v1/chat/completions"
-        else:
-            payload["prompt"] = prompt
-            url = f"{self.base_url}/v1/completions"
+        return self._stream(prompt, max_tokens, exact=False)
+
+    def _stream(
+        self, prompt: str, max_tokens: int, *, exact: bool, media: Sequence[MediaItem] = ()
+    ) -> Completion:
+        model = self._require_model()
+        path, payload = request_body(
+            model, prompt, max_tokens, exact=exact, chat=self._chat, media=media
+        )
+        counting = Counting(
+            prompt=lambda: self.count_prompt_tokens(prompt),
+            text=self._count_tokens,
+            max_tokens=max_tokens,
+        )
         try:
             return stream_completion(
                 self._client,
-                url,
+                f"{self.base_url}{path}",
                 payload,
                 timeout_s=self.cfg.request_timeout_s,
-                count_tokens=self._count_tokens,
-                model_id=self._spec.raw,
+                counting=counting,
+                model_id=self._spec.raw if self._spec else None,
             )
         except EngineError:
             self.check_alive()
             raise
+
+    def _require_model(self) -> str:
+        if self._served_model is None or (self._spec is None and self._attached is None):
+            raise RuntimeError("engine not ready")
+        return self._served_model
+
+    def max_concurrency(self) -> tuple[int | None, str]:
+        """vLLM batches requests continuously: no limit we know of."""
+        return None, ""
+
+    def attach(self, url: str, model: str) -> None:
+        """Talk to a vLLM server someone else runs (native or in a container, the HTTP side is
+        the same): requests, /tokenize, /version; `stop` and `close` never touch it."""
+        self.stop()
+        self._attached = attach(self._client, url, model)
+        self._served_model = self._attached.served_model
+        self._chat = self._attached.chat
+        log.info(
+            "attached to vLLM at %s, model %s (%s)",
+            self._attached.base_url,
+            self._served_model,
+            "chat template" if self._chat else "no chat template",
+        )
 
     def root_pid(self) -> int | None:
         return self._launcher.root_pid()
@@ -447,6 +505,8 @@ class VllmEngine(Engine):
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self) -> None:
+        if self._attached is not None:
+            return  # a server someone else runs: nothing of ours to stop
         self._reset_start()
         self._launcher.stop()
 

@@ -107,6 +107,13 @@ _MAX_MODEL_LEN = re.compile(
 # "Graph capturing finished in 14 secs, took 0.21 GiB"  (before Nov 2024: no "took" part)
 _CUDA_GRAPH = re.compile(rf"Graph capturing finished in {_NUM} secs?, took {_SIZE}")
 
+# multimodal models: "Encoder cache will be initialized with a budget of 8192 tokens, and
+# profiled with 3 video items of the maximum feature size."  (GPU and CPU alike)
+_ENCODER_CACHE = re.compile(
+    rf"Encoder cache will be initialized with a budget of (?P<budget>{_INT}) tokens, "
+    rf"and profiled with (?P<items>{_INT}) (?P<modality>\w+) items"
+)
+
 # "vLLM API server version 0.7.1"
 _VERSION_API = re.compile(r"vLLM API server version v?(?P<v>\d[\w.+-]*)")
 # "Initializing an LLM engine (v0.6.1.dev238+ge2c6e0a82) with config"
@@ -152,6 +159,10 @@ class VllmLogFacts:
     vllm_version: str | None = None
     device: Device | None = None
     failure: VllmFailure | None = None
+    # multimodal models: the encoder cache's budget and what the profiling run fed the tower
+    encoder_budget_tokens: int | None = None
+    encoder_profiled_items: int | None = None
+    encoder_profiled_modality: str | None = None
 
     @property
     def kv_bytes_per_token(self) -> float | None:
@@ -194,6 +205,9 @@ def parse_log(text: str, *, metrics: VllmMetricsFacts | None = None) -> VllmLogF
         vllm_version=acc.vllm_version,
         device=acc.device,
         failure=classify_failure(text),
+        encoder_budget_tokens=acc.encoder_budget_tokens,
+        encoder_profiled_items=acc.encoder_profiled_items,
+        encoder_profiled_modality=acc.encoder_profiled_modality,
     )
 
 
@@ -221,7 +235,21 @@ def to_json_dict(facts: VllmLogFacts) -> dict[str, object]:
         "vllm_version": facts.vllm_version,
         "kv_bytes_per_token": facts.kv_bytes_per_token,
         "device": facts.device,
+        "encoder_budget_tokens": facts.encoder_budget_tokens,
+        "encoder_profiled_items": facts.encoder_profiled_items,
+        "encoder_profiled_modality": facts.encoder_profiled_modality,
     }
+
+
+def encoder_components(facts: VllmLogFacts) -> dict[str, object]:
+    """The encoder cache facts a log states, as calibration points carry them in
+    ``engine_components`` (``MemoryComponents.extra``); empty for a text-only model."""
+    out: dict[str, object] = {
+        "encoder_budget_tokens": facts.encoder_budget_tokens,
+        "encoder_profiled_items": facts.encoder_profiled_items,
+        "encoder_profiled_modality": facts.encoder_profiled_modality,
+    }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 # --- Log scanning -------------------------------------------------------------------------
@@ -243,6 +271,9 @@ class _Accumulator:
         self.cuda_graph_bytes: int | None = None
         self.vllm_version: str | None = None
         self.device: Device | None = None
+        self.encoder_budget_tokens: int | None = None
+        self.encoder_profiled_items: int | None = None
+        self.encoder_profiled_modality: str | None = None
 
     def take(self, msg: str) -> None:
         """Record every figure one log message states."""
@@ -283,6 +314,10 @@ class _Accumulator:
         for pattern in (_DEVICE_CONFIG, _PLATFORM):
             if m := pattern.search(msg):
                 self._set_device(m["dev"])
+        if m := _ENCODER_CACHE.search(msg):
+            self.encoder_budget_tokens = _int(m["budget"])
+            self.encoder_profiled_items = _int(m["items"])
+            self.encoder_profiled_modality = m["modality"]
 
     def _set_device(self, word: str) -> None:
         device = _DEVICE_WORDS.get(word.lower())
