@@ -57,7 +57,12 @@ def _workspace(tmp: Path, setups: dict[str, Any] = DEMO, **sweep: object) -> Pat
     cfg = {
         "engines": {"llamacpp": {"port": "auto", "model_dir": str(models), "start_timeout_s": 90}},
         "sweep": {"contexts": CONTEXTS, "settle_s": 0.3, **sweep},
-        "bench": {"max_tokens": 8},
+        "bench": {
+            "prompt_tokens": [32],
+            "output_tokens": 8,
+            "repetitions": 2,
+            "warmup_requests": 0,
+        },
         "paths": {"calibration_dir": "cal", "report_dir": "rep", "state_dir": "state"},
     }
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -135,8 +140,8 @@ def test_demo_on_two_kinds_gives_one_entry_per_kind(tmp_path: Path, cluster: Any
     for e in entries:
         assert e["model"] == "llamacpp:tiny.gguf" and e["n_points"] == len(CONTEXTS)
         assert e["engine_version"].startswith("llama-cpp-python")
-    benches = sorted(r["device"] for r in journal if r["kind"] == "bench")
-    assert benches == ["kind-a", "kind-b"]
+    cells = {r["device"] for r in journal if r["kind"] == "bench_cell"}
+    assert cells == {"kind-a", "kind-b"}
 
     from openpyxl import load_workbook
 

@@ -207,6 +207,16 @@ def test_lost_node_rows_for_unfinished_steps_only(tmp_path: Path) -> None:
     assert "kind-b on n2" in row.reason and "NodeDiedError" in row.reason
 
 
+def test_lost_with_the_benchmark_off_fails_only_contexts(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    run.cfg = run.cfg.model_copy(
+        update={"bench": run.cfg.bench.model_copy(update={"enabled": False})}
+    )
+    spec = parse_model_id("llamacpp:tiny.gguf#ctx=3000")
+    rows = lost_rows(run, _Tracked(Placement(0, "demo", spec, "kind-b", 0)), "gone")
+    assert [r.ctx for r in rows] == [512, 1024, 2048, 4096]
+
+
 def test_lost_before_any_record_fails_every_step_and_the_bench(tmp_path: Path) -> None:
     spec = parse_model_id("llamacpp:tiny.gguf#ctx=3000")
     tracked = _Tracked(Placement(0, "demo", spec, "kind-b", 0))  # no hello: label unknown

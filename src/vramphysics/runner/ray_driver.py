@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vramphysics.errors import ConfigError, Interrupted
-from vramphysics.records import CalibrationPoint, Record, StatusRow, record_from_json
+from vramphysics.records import (
+    BenchCell,
+    CalibrationPoint,
+    Record,
+    StatusRow,
+    record_from_json,
+)
 from vramphysics.runner.ray_task import (
     RESOURCE_PREFIX,
     NodeJob,
@@ -114,8 +120,9 @@ def done_for(run: _Run, spec: ModelSpec) -> tuple[dict[str, Any], ...]:
 
 def lost_rows(run: _Run, tracked: _Tracked, why: str) -> list[StatusRow]:
     """FAILED rows (`node_lost`) for the steps of a lost task that had not finished: a context
-    without a point of its device, and the benchmark when there is none; a step that ended in
-    a FAILED row of its own has finished."""
+    without a point of its device, and the benchmark's start when no cell of it arrived (a
+    benchmark cut short after some cells is redone by `--resume` for the cells it lacks); a
+    step that ended in a FAILED row of its own has finished."""
     p = tracked.placement
     label = tracked.label or p.kind
     mine = [
@@ -127,7 +134,7 @@ def lost_rows(run: _Run, tracked: _Tracked, why: str) -> list[StatusRow]:
     ended = {r.ctx for r in tracked.received if isinstance(r, StatusRow) and r.ctx is not None}
     contexts = list(run.cfg.sweep.contexts)
     bench_ctx = p.spec.ctx if p.spec.ctx is not None else max(contexts)
-    benched = any(r.kind in ("bench", "bench_cell") for r in mine)
+    benched = not run.cfg.bench.enabled or any(isinstance(r, BenchCell) for r in mine)
     steps = [c for c in contexts if c not in points and c not in ended]
     if not benched and bench_ctx not in steps and bench_ctx not in ended:
         steps.append(bench_ctx)
