@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -137,9 +138,13 @@ def test_demo_on_two_kinds_gives_one_entry_per_kind(tmp_path: Path, cluster: Any
 
     entries = _db(ws)
     assert sorted(e["device"] for e in entries) == ["kind-a", "kind-b"]
+    run_id = journal[0]["run_id"]
     for e in entries:
         assert e["model"] == "llamacpp:tiny.gguf" and e["n_points"] == len(CONTEXTS)
         assert e["engine_version"].startswith("llama-cpp-python")
+        # provenance: the run; the host is the driver's (both nodes are this machine here)
+        assert e["provenance"]["run_id"] == run_id
+        assert e["provenance"]["host"] == socket.gethostname()
     cells = {r["device"] for r in journal if r["kind"] == "bench_cell"}
     assert cells == {"kind-a", "kind-b"}
 
