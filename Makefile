@@ -31,7 +31,7 @@ install-cpu: $(PY)
 	$(PIP) install -q $(PIP_OPTS) -e ".[cpu]"
 
 install-dev: install-cpu
-	$(PIP) install -q $(PIP_OPTS) -e ".[cpu,dev]"
+	$(PIP) install -q $(PIP_OPTS) -e ".[cpu,dev,ray]"
 
 demo-model: install-cpu
 	$(PY) -m vramphysics make-demo-model --gguf $(MODELS)/tiny-llama.gguf

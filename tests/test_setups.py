@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from vramphysics.errors import ConfigError, SetupError
-from vramphysics.setups import ModelSpec, load_setups, parse_model_id, select_setups
+from vramphysics.setups import (
+    ModelSpec,
+    load_device_kinds,
+    load_setups,
+    parse_model_id,
+    select_setups,
+)
 
 # -- the grammar: engine, prefix and name ---------------------------------------------------
 
@@ -264,12 +270,13 @@ def test_setup_that_is_not_a_list(tmp_path: Path) -> None:
     assert "'other' must be a list" in str(err)
 
 
-def test_setup_that_is_a_mapping(tmp_path: Path) -> None:
+def test_setup_mapping_with_an_unknown_key(tmp_path: Path) -> None:
+    # a mapping holds `models:` and `devices:`; a typo names its line
     path = _write(tmp_path, "demo:\n  model: ol_a:1\n")
     with pytest.raises(SetupError) as info:
         load_setups(path)
-    assert info.value.line == 1
-    assert "must be a list of model IDs, not dict" in str(info.value)
+    assert info.value.line == 2
+    assert "unknown key 'model' (valid: models, devices)" in str(info.value)
 
 
 def test_non_string_item_names_its_line(tmp_path: Path) -> None:
@@ -384,3 +391,57 @@ def test_select_unknown_name() -> None:
     assert message.startswith("s.yaml: ")
     assert "'nope'" in message and "'zzz'" in message
     assert "have: a, b" in message
+
+
+# -- device kinds (`devices:`, for `--ray`) ---------------------------------------------------
+
+
+def test_setup_mapping_names_models_and_device_kinds(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "demo:\n  devices: [kind-a, kind-b]\n  models:\n    - ol_a:1\n    - ol_b:2\nplain:\n  - ol_c:3\n",
+    )
+    setups = load_setups(path)
+    assert [s.raw for s in setups["demo"]] == ["ol_a:1", "ol_b:2"]
+    assert [s.raw for s in setups["plain"]] == ["ol_c:3"]
+    assert load_device_kinds(path) == {"demo": ("kind-a", "kind-b")}
+
+
+def test_bad_model_in_a_mapping_setup_names_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "demo:\n  devices: [kind-a]\n  models:\n    - ol_a:1\n    - 42\n")
+    with pytest.raises(SetupError) as info:
+        load_setups(path)
+    assert info.value.line == 5
+    assert "item 2 of setup 'demo'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("demo:\n  devices: kind-a\n  models: [ol_a:1]\n", 2, "non-empty list of device kinds"),
+        ("demo:\n  devices: []\n  models: [ol_a:1]\n", 2, "non-empty list of device kinds"),
+        ("demo:\n  devices:\n    - ok\n    - 'bad kind'\n", 4, "bad device kind 'bad kind'"),
+        ("demo:\n  devices: [a, a]\n", 2, "a device kind is named twice"),
+    ],
+)
+def test_bad_device_kinds_name_their_line(
+    tmp_path: Path, text: str, line: int, message: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(SetupError) as info:
+        load_device_kinds(path)
+    assert info.value.line == line
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_model_line_in_either_form(tmp_path: Path) -> None:
+    from vramphysics.setups import model_line
+    from vramphysics.yamlio import load_yaml
+
+    path = _write(
+        tmp_path, "a:\n  - ol_a:1\n  - ol_b:1\nb:\n  devices: [k]\n  models:\n    - ol_c:1\n"
+    )
+    doc = load_yaml(path, what="test setups")
+    assert model_line(doc, "a", 1) == 3
+    assert model_line(doc, "b", 0) == 7

@@ -70,6 +70,7 @@ FAILURE_KINDS = (
     "probe_failed",  # the memory probe could not be read before the start (e.g. an NVML error)
     "unreachable",  # nothing answers at a server URL we were given (`bench --url`)
     "interrupted",
+    "node_lost",  # the Ray node (or its worker) running the sweep died before the step finished
     "other",
 )
 

@@ -1,7 +1,8 @@
 """From journal records to what the database and the report need (pure: no I/O).
 
 Points are grouped per (engine, model, device, probe); each group with enough points becomes a
-physics entry. The model key in the database is the ID without runtime flags, so `#ctx=…` or
+physics entry. A model measured on several devices (a `--ray` run over nodes of several kinds)
+has one Calibration row per device. The model key in the database is the ID without runtime flags, so `#ctx=…` or
 `#stream` do not split one model's physics.
 """
 
@@ -95,9 +96,9 @@ class _Collected:
 
     header: RunHeader | None
     infos: dict[str, ModelInfo] = field(default_factory=dict)
-    points: dict[tuple[str, int], CalibrationPoint] = field(default_factory=dict)
-    # (model, ctx, cell) -> the cell; a re-done cell (a resumed run) replaces the first in place
-    cells: dict[tuple[str, int, str], BenchCell] = field(default_factory=dict)
+    points: dict[tuple[str, str, int], CalibrationPoint] = field(default_factory=dict)
+    # (model, device, ctx, cell) -> the cell; a re-done cell (a resumed run) replaces the first
+    cells: dict[tuple[str, str, int, str], BenchCell] = field(default_factory=dict)
     # (model, ctx, cell, phase, index) -> the request; a re-done cell's requests replace its first
     requests: dict[tuple[str, int, str, str, int], BenchRequest] = field(default_factory=dict)
     finals: dict[str, StatusRow] = field(default_factory=dict)
@@ -115,7 +116,8 @@ def _collect(records: list[Record]) -> _Collected:
         if isinstance(r, ModelInfo):
             c.infos[r.model] = r
         elif isinstance(r, CalibrationPoint):
-            c.points.setdefault((r.model, r.ctx), r)  # the first wins: a point is never duplicated
+            # the first wins: a point is never duplicated
+            c.points.setdefault((r.model, r.device, r.ctx), r)
         elif isinstance(r, BenchCell | BenchRequest | BenchResult):
             _collect_bench(c, r)
         elif isinstance(r, StatusRow):
@@ -132,12 +134,12 @@ def _collect_bench(c: _Collected, r: BenchCell | BenchRequest | BenchResult) -> 
     """A cell or a request: a re-done one (a resumed run) replaces the first, in its place.
     An old journal's single request (`bench`) becomes a cell of n 1."""
     if isinstance(r, BenchCell):
-        c.cells[(r.model, r.ctx, r.cell)] = r
+        c.cells[(r.model, r.device, r.ctx, r.cell)] = r
     elif isinstance(r, BenchRequest):
         c.requests[(r.model, r.ctx, r.cell, r.phase, r.index)] = r
     else:
         legacy = cell_from_legacy(r)
-        c.cells.setdefault((legacy.model, legacy.ctx, legacy.cell), legacy)
+        c.cells.setdefault((legacy.model, legacy.device, legacy.ctx, legacy.cell), legacy)
 
 
 def _status(
@@ -170,9 +172,9 @@ def _entry(
     info = c.infos.get(model)
     theory = info.theory if info else None
     device = mpoints[0].device
-    assert device is not None
     point_ctxs = {p.ctx for p in mpoints}
-    bench_ctxs = {k[1] for k in c.cells if k[0] == model}  # one start per benchmarked context
+    # one start per benchmarked context on this device
+    bench_ctxs = {k[2] for k in c.cells if k[0] == model and k[1] == device}
     starts = len(mpoints) + len(bench_ctxs - point_ctxs)
     return PhysicsEntry(
         engine=engine,
@@ -201,12 +203,16 @@ def _entry(
 
 
 def _model(
-    c: _Collected, model: str, min_points: int
+    c: _Collected, model: str, device: str | None, min_points: int
 ) -> tuple[ModelRow, list[PhysicsEntry], str, ModelInfo | None]:
-    """One model's Calibration row, its database entries, its engine and its info record."""
+    """One model's Calibration row on one device (None: no point measured), its database
+    entries, its engine and its info record."""
     info = c.infos.get(model)
     final = c.finals.get(model)
-    mpoints = sorted((p for (m, _c), p in c.points.items() if m == model), key=lambda p: p.ctx)
+    mpoints = sorted(
+        (p for (m, d, _c), p in c.points.items() if m == model and d == device),
+        key=lambda p: p.ctx,
+    )
     engine = (
         info.engine
         if info
@@ -239,15 +245,19 @@ def build_outcome(records: list[Record], *, min_points: int = 3) -> Outcome:
     entries: list[PhysicsEntry] = []
     versions: dict[str, str] = {}
     for model in c.order:
-        row, model_entries, engine, info = _model(c, model, min_points)
-        if info:
-            versions[engine] = info.engine_version
-        entries.extend(model_entries)
-        rows.append(row)
+        devices: list[str | None] = list(dict.fromkeys(d for (m, d, _c) in c.points if m == model))
+        for device in devices or [None]:
+            row, model_entries, engine, info = _model(c, model, device, min_points)
+            if info:
+                versions[engine] = info.engine_version
+            entries.extend(model_entries)
+            rows.append(row)
     return Outcome(
         header=c.header,
         models=tuple(rows),
-        points=tuple(sorted(c.points.values(), key=lambda p: (c.order.index(p.model), p.ctx))),
+        points=tuple(
+            sorted(c.points.values(), key=lambda p: (c.order.index(p.model), p.device, p.ctx))
+        ),
         cells=tuple(c.cells.values()),
         requests=tuple(c.requests.values()),
         failures=tuple(c.failures),

@@ -7,6 +7,10 @@ Grammar (prefixes are case-insensitive)::
     llamacpp:NAME_OR_PATH          llama.cpp (a name under the model folder, or /abs/path.gguf)
     NAME with ':' or '/'           Ollama (e.g. qwen2.5:7b)
     ...#stream #warm #ctx=N #img_lim=N #vid_lim=N   runtime flags, in any order, at most once each
+
+A setup is a list of model IDs, or a mapping with `models:` (that list) and `devices:` (the
+device kinds a `--ray` run calibrates it on: each names the Ray resource `gpu:KIND` that the
+nodes of that kind advertise at `ray start`; see docs/cluster.md). A local run ignores `devices`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vramphysics.engines import registry
 from vramphysics.errors import SetupError
-from vramphysics.yamlio import load_yaml
+from vramphysics.yamlio import Located, load_yaml
 
 _INT_FLAGS = {"ctx": 1, "img_lim": 0, "vid_lim": 0}  # flag -> smallest valid value
 _BOOL_FLAGS = ("stream", "warm")
 _SETUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DEVICE_KIND = _SETUP_NAME  # a device kind becomes the Ray resource `gpu:KIND`
+_SETUP_KEYS = ("models", "devices")
 
 
 @dataclass(frozen=True)
@@ -156,32 +163,25 @@ def _split_prefix(base: str, raw: str) -> tuple[str, str, str]:
 
 
 def load_setups(path: Path) -> dict[str, list[ModelSpec]]:
-    """Read `test_setups.yaml`: a mapping from setup name to a list of model IDs."""
+    """Read `test_setups.yaml`: a mapping from setup name to a list of model IDs (or to a mapping
+    with `models:` and `devices:`)."""
     doc = load_yaml(path, what="test setups")
-    data = doc.data
-    if data is None:
-        raise SetupError("no setups defined", path=path)
-    if not isinstance(data, dict):
-        raise SetupError(
-            "expected a mapping of setup names to lists of model IDs", path=path, line=doc.line_of()
-        )
     setups: dict[str, list[ModelSpec]] = {}
-    for name, items in data.items():
-        line = doc.line_of(name)
-        if not isinstance(name, str) or not _SETUP_NAME.match(name):
-            raise SetupError(f"bad setup name {name!r}", path=path, line=line)
-        if items is None:
-            items = []
-        if not isinstance(items, list):
+    for name, items in _setup_items(doc, path):
+        where: tuple[str | int, ...] = (name, "models") if isinstance(items, dict) else (name,)
+        models = items.get("models") if isinstance(items, dict) else items
+        if models is None:
+            models = []
+        if not isinstance(models, list):
             raise SetupError(
-                f"setup {name!r} must be a list of model IDs, not {type(items).__name__}",
+                f"setup {name!r} must be a list of model IDs, not {type(models).__name__}",
                 path=path,
-                line=line,
+                line=doc.line_of(*where),
                 key=name,
             )
         specs = []
-        for i, item in enumerate(items):
-            item_line = doc.line_of(name, i)
+        for i, item in enumerate(models):
+            item_line = doc.line_of(*where, i)
             if not isinstance(item, str):
                 raise SetupError(
                     f"item {i + 1} of setup {name!r} must be a model ID string, got {item!r}",
@@ -195,6 +195,72 @@ def load_setups(path: Path) -> dict[str, list[ModelSpec]]:
                 raise SetupError(exc.message, path=path, line=item_line, key=name) from exc
         setups[name] = specs
     return setups
+
+
+def model_line(doc: Located, setup: str, index: int) -> int | None:
+    """The line of a setup's `index`-th model ID, in either form of a setup."""
+    if isinstance(doc.data, dict) and isinstance(doc.data.get(setup), dict):
+        return doc.line_of(setup, "models", index)
+    return doc.line_of(setup, index)
+
+
+def load_device_kinds(path: Path) -> dict[str, tuple[str, ...]]:
+    """The device kinds each setup names (`devices:`); a setup that names none is absent."""
+    doc = load_yaml(path, what="test setups")
+    kinds: dict[str, tuple[str, ...]] = {}
+    for name, items in _setup_items(doc, path):
+        if not isinstance(items, dict) or items.get("devices") is None:
+            continue
+        devices = items["devices"]
+        line = doc.line_of(name, "devices")
+        if not isinstance(devices, list) or not devices:
+            raise SetupError(
+                f"setup {name!r}: devices must be a non-empty list of device kinds",
+                path=path,
+                line=line,
+                key=name,
+            )
+        for i, kind in enumerate(devices):
+            if not isinstance(kind, str) or not _DEVICE_KIND.match(kind):
+                raise SetupError(
+                    f"setup {name!r}: bad device kind {kind!r} (letters, digits, '_', '.', '-')",
+                    path=path,
+                    line=doc.line_of(name, "devices", i),
+                    key=name,
+                )
+        if len(set(devices)) != len(devices):
+            raise SetupError(
+                f"setup {name!r}: a device kind is named twice", path=path, line=line, key=name
+            )
+        kinds[name] = tuple(devices)
+    return kinds
+
+
+def _setup_items(doc: Located, path: Path) -> list[tuple[str, Any]]:
+    """The (name, body) pairs of the file, names checked; a mapping body has only known keys."""
+    data = doc.data
+    if data is None:
+        raise SetupError("no setups defined", path=path)
+    if not isinstance(data, dict):
+        raise SetupError(
+            "expected a mapping of setup names to lists of model IDs", path=path, line=doc.line_of()
+        )
+    out = []
+    for name, items in data.items():
+        line = doc.line_of(name)
+        if not isinstance(name, str) or not _SETUP_NAME.match(name):
+            raise SetupError(f"bad setup name {name!r}", path=path, line=line)
+        if isinstance(items, dict):
+            unknown = [k for k in items if k not in _SETUP_KEYS]
+            if unknown:
+                raise SetupError(
+                    f"setup {name!r}: unknown key {unknown[0]!r} (valid: models, devices)",
+                    path=path,
+                    line=doc.line_of(name, unknown[0]),
+                    key=name,
+                )
+        out.append((name, items))
+    return out
 
 
 def select_setups(

@@ -41,9 +41,10 @@ from vramphysics.runner.finish import (
     remove_stale_proc_temps,
 )
 from vramphysics.runner.model_step import _model_step
+from vramphysics.runner.ray_driver import run_on_ray
 from vramphysics.runner.signals import _close, _signals_raise
 from vramphysics.runner.state import _Run, _validate_models
-from vramphysics.setups import ModelSpec, load_setups, select_setups
+from vramphysics.setups import ModelSpec, load_device_kinds, load_setups, select_setups
 
 log = logging.getLogger("vramphysics.runner")
 
@@ -70,6 +71,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report-only", metavar="RUN_ID", help="rebuild the database and report from a journal"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="ADDRESS",
+        help="spread each (model, device kind) sweep over a Ray cluster (default address: auto, "
+        "the cluster `ray start` made here; needs `pip install -e .[ray]`; docs/cluster.md)",
+    )
 
 
 def _git_commit() -> str:
@@ -232,6 +241,11 @@ def _open_run(cfg: Config, args: argparse.Namespace) -> tuple[str, list[Record]]
     return run_id, read_journal(journal_path(cfg.paths.report_dir, run_id))
 
 
+def _run_on_ray(run: _Run, args: argparse.Namespace, chosen: list[tuple[str, ModelSpec]]) -> None:
+    """`--ray`: the sweeps as Ray tasks (Ray is imported only then)."""
+    run_on_ray(run, args.ray, chosen, load_device_kinds(args.setups), args.setups)
+
+
 def _run_models(
     run: _Run, args: argparse.Namespace, chosen: list[tuple[str, ModelSpec]]
 ) -> str | None:
@@ -241,14 +255,19 @@ def _run_models(
     # the header states the rule each start follows (its own probes, `guardrail._probe_gpus`)
     gpu_index = cfg.probes.gpu_index if "gpu_index" in cfg.probes.model_fields_set else None
     probe_name, why = run_probe_rule(run.probe_prefer, run.nvml, gpu_index)
+    if getattr(args, "ray", None):  # the rule above is the driver's; the nodes apply their own
+        why = f"--ray: each node applies the rule on its own GPUs (the driver here: {why})"
     stopped: str | None = None  # why the sweep stopped early: a full disk
     try:
         if not any(isinstance(r, RunHeader) for r in run.done):
             names = list(dict.fromkeys(n for n, _ in chosen))
             run.record(_header(run, args, names, why, probe_name))
         log.info("run %s: %d model(s), probe: %s", run.run_id, len(chosen), why)
-        for setup, spec in chosen:
-            _model_step(run, setup, spec)
+        if getattr(args, "ray", None):
+            _run_on_ray(run, args, chosen)
+        else:
+            for setup, spec in chosen:
+                _model_step(run, setup, spec)
     except Interrupted as exc:
         log.warning("interrupted by signal %d: stopping engines", exc.signum)
     except OSError as exc:
