@@ -505,3 +505,23 @@ def test_the_runner_stamps_each_entry_with_host_run_and_versions(tmp_path: Path)
     (e,) = load(db_path(cfg.paths.calibration_dir))
     assert e.provenance == Provenance(host="box", run_id="r1", tool_version="0.1.0")
     assert (e.engine_version, e.driver) == ("llamacpp 1.0", "550.54")
+
+
+def test_an_entry_names_the_host_its_points_were_measured_on(tmp_path: Path) -> None:
+    """A Ray node's points carry its host: the entry's provenance names it, not the driver's."""
+    import dataclasses
+
+    from test_outcome import header, info, point
+
+    from vramphysics.config import load_config
+    from vramphysics.runner.finish import finalize
+
+    (tmp_path / "config.yaml").write_text("sweep: {min_points: 3}\n", encoding="utf-8")
+    cfg = load_config(tmp_path / "config.yaml")
+    points = [
+        dataclasses.replace(point(c, 1e8 + c * 4096, at="2026-01-02T03:04:05+00:00"), host="node-b")
+        for c in (512, 1024, 2048)
+    ]
+    assert not finalize(cfg, "r1", [header(), info(), *points]).errors
+    (e,) = load(db_path(cfg.paths.calibration_dir))
+    assert e.provenance is not None and e.provenance.host == "node-b"

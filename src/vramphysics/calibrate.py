@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,6 +175,7 @@ def _point(
         metric=trace.steady_metric,
         peak_metric=trace.series_metric,
         probe_reason=reason + (f"; {trace.note}" if trace.note else ""),
+        host=socket.gethostname(),
     )
     return point, trace
 

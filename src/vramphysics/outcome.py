@@ -99,8 +99,9 @@ class _Collected:
     points: dict[tuple[str, str, int], CalibrationPoint] = field(default_factory=dict)
     # (model, device, ctx, cell) -> the cell; a re-done cell (a resumed run) replaces the first
     cells: dict[tuple[str, str, int, str], BenchCell] = field(default_factory=dict)
-    # (model, ctx, cell, phase, index) -> the request; a re-done cell's requests replace its first
-    requests: dict[tuple[str, int, str, str, int], BenchRequest] = field(default_factory=dict)
+    # (model, device, ctx, cell, phase, index) -> the request; a re-done cell's requests replace
+    # its first
+    requests: dict[tuple[str, str, int, str, str, int], BenchRequest] = field(default_factory=dict)
     finals: dict[str, StatusRow] = field(default_factory=dict)
     failures: list[StatusRow] = field(default_factory=list)
     warnings: list[WarningRow] = field(default_factory=list)
@@ -136,7 +137,7 @@ def _collect_bench(c: _Collected, r: BenchCell | BenchRequest | BenchResult) -> 
     if isinstance(r, BenchCell):
         c.cells[(r.model, r.device, r.ctx, r.cell)] = r
     elif isinstance(r, BenchRequest):
-        c.requests[(r.model, r.ctx, r.cell, r.phase, r.index)] = r
+        c.requests[(r.model, r.device, r.ctx, r.cell, r.phase, r.index)] = r
     else:
         legacy = cell_from_legacy(r)
         c.cells.setdefault((legacy.model, legacy.device, legacy.ctx, legacy.cell), legacy)

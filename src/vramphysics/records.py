@@ -89,6 +89,7 @@ class CalibrationPoint(Record):
     metric: str = ""  # what measured_bytes is: pss | rss | device-used ("" in older journals)
     peak_metric: str = ""  # what peak_bytes is (the probe's cheap series metric)
     probe_reason: str = ""  # why this probe measured this start
+    host: str = ""  # the machine the start ran on ("" in older journals: the run header's)
     at: str = ""
 
 
@@ -163,6 +164,7 @@ class BenchRequest(Record):
     e2e_ms: float | None = None
     itl_ms: list[float] = field(default_factory=list)
     start_s: float | None = None
+    device: str = ""  # what the memory was measured on (the cell's device)
     finish_reason: str | None = None
     engine_prefill_tokens_per_s: float | None = None
     at: str = ""

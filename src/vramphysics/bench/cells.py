@@ -85,6 +85,7 @@ def _request_record(
         prompt_tokens_target=plan.prompt_tokens,
         output_tokens_target=plan.output_tokens,
         concurrency=plan.concurrency,
+        device=facts.device,
     )
     if sent.completion is None:
         error = sent.error.message if sent.error is not None else "no answer"

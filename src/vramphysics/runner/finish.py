@@ -16,7 +16,7 @@ from pathlib import Path
 from vramphysics import physics_db
 from vramphysics.config import Config
 from vramphysics.errors import ConfigError
-from vramphysics.outcome import Outcome, build_outcome
+from vramphysics.outcome import Outcome, build_outcome, model_key
 from vramphysics.physics_db import PhysicsEntry
 from vramphysics.provenance import Provenance
 from vramphysics.records import Record, RunHeader
@@ -85,15 +85,25 @@ class Finalized:
 
 
 def run_entries(outcome: Outcome, run_id: str) -> tuple[PhysicsEntry, ...]:
-    """The run's database entries, each with its provenance: the host and tool version from the
-    run header, this run's ID (the engine version and driver are in the entry already)."""
+    """The run's database entries, each with its provenance: the host its points were measured
+    on (a Ray node; older points: the run header's host), the tool version from the run header,
+    this run's ID (the engine version and driver are in the entry already)."""
     header: RunHeader | None = outcome.header
-    provenance = Provenance(
-        host=header.host if header else None,
-        run_id=run_id,
-        tool_version=header.tool_version if header else None,
-    )
-    return physics_db.with_provenance(outcome.entries, provenance)
+    out: list[PhysicsEntry] = []
+    for entry in outcome.entries:
+        hosts = {
+            p.host
+            for p in outcome.points
+            if p.host and model_key(p.model) == entry.model and p.device == entry.device
+        }
+        host = hosts.pop() if len(hosts) == 1 else (header.host if header else None)
+        provenance = Provenance(
+            host=host,
+            run_id=run_id,
+            tool_version=header.tool_version if header else None,
+        )
+        out.extend(physics_db.with_provenance((entry,), provenance))
+    return tuple(out)
 
 
 def finalize(cfg: Config, run_id: str, records: list[Record]) -> Finalized:

@@ -16,7 +16,7 @@ from vramphysics.journal import Journal
 from vramphysics.probes import NvmlStatus
 from vramphysics.records import CalibrationPoint, Record, StatusRow
 from vramphysics.redact import redact
-from vramphysics.setups import ModelSpec
+from vramphysics.setups import ModelSpec, model_line
 from vramphysics.yamlio import load_yaml
 
 log = logging.getLogger("vramphysics.runner")
@@ -95,9 +95,8 @@ def _validate_models(
                 try:
                     engine.validate(spec)
                 except SetupError as exc:
-                    line = load_yaml(path, what="test setups").line_of(
-                        setup, setups[setup].index(spec)
-                    )
+                    doc = load_yaml(path, what="test setups")
+                    line = model_line(doc, setup, setups[setup].index(spec))
                     raise SetupError(exc.message, path=path, line=line, key=setup) from exc
         finally:
             engine.close()
