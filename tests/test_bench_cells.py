@@ -285,3 +285,31 @@ def test_media_cells_carry_fresh_images_and_measure_tokens_per_image() -> None:
     assert all(
         item.mime == "image/jpeg" and item.data[:2] == b"\xff\xd8" for m in sent for item in m
     )
+
+
+def test_an_engine_without_stream_counts_has_its_prompts_counted_before_any_request() -> None:
+    """A tokenizer call between timed requests slows the next prefill: every prompt of the cell
+    is counted before the first request, and the count travels with the request."""
+    calls: list[str] = []
+
+    class _Apart(_Engine):
+        def counts_prompts_apart(self) -> bool:
+            return True
+
+        def count_prompt_tokens(self, text: str) -> int:
+            calls.append("count")
+            return super().count_prompt_tokens(text)
+
+        def generate(self, request: GenRequest) -> Completion:
+            calls.append("generate")
+            return super().generate(request)
+
+    engine = _Apart()
+    plan = _plan()
+    prompts = make_prompts(plan.cell, 60, engine.count_prompt_tokens)
+    calls.clear()
+    run_cell(engine, plan, prompts, warmup_requests=1, repetitions=3, facts=FACTS, memory=None,
+             record=lambda r: None)  # fmt: skip
+    # (the fake's own usage counts again inside generate: only the order before matters)
+    assert calls[:5] == ["count"] * 4 + ["generate"] and calls.count("generate") == 4
+    assert [r.prompt_tokens for r in engine.requests] == [60] * 4

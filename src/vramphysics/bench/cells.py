@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -122,10 +122,28 @@ class _Phase:
     errors: list[str] = field(default_factory=list)
 
 
+def _requests(
+    engine: Engine, plan: CellPlan, prompts: CellPrompts, n: int
+) -> dict[int, GenRequest]:
+    """Every request of a cell, made before the first is sent: encoding images is not the
+    engine's time, and a prompt counted between timed requests would slow the next one
+    (`Engine.counts_prompts_apart`)."""
+    count = engine.count_prompt_tokens if engine.counts_prompts_apart() else None
+    return {
+        i: GenRequest(
+            prompts.prompt(i),
+            plan.output_tokens,
+            media=make_media(plan.media, i),
+            prompt_tokens=count(prompts.prompt(i)) if count is not None else None,
+        )
+        for i in range(n)
+    }
+
+
 def _run_phase(
     engine: Engine,
     plan: CellPlan,
-    prompts: CellPrompts,
+    requests: Mapping[int, GenRequest],
     indices: Sequence[int],
     *,
     phase: str,
@@ -135,11 +153,6 @@ def _run_phase(
 ) -> _Phase:
     """Send the requests of `indices`, `plan.concurrency` at a time; record each as it ends."""
     out = _Phase()
-    # made before the first is sent: encoding images is not the engine's time
-    requests = {
-        i: GenRequest(prompts.prompt(i), plan.output_tokens, media=make_media(plan.media, i))
-        for i in indices
-    }
     t_window = time.monotonic()
     with ThreadPoolExecutor(max_workers=plan.concurrency, thread_name_prefix="bench") as pool:
         futures = [pool.submit(_send, engine, requests[i], i) for i in indices]
@@ -174,6 +187,7 @@ def run_cell(
     (its tokens per image or video)."""
     n_warm = warmup_requests * plan.concurrency
     n_meas = repetitions * plan.concurrency
+    requests = _requests(engine, plan, prompts, n_warm + n_meas)
     bar = tqdm(total=n_warm + n_meas, desc=plan.cell, leave=False, unit="req", disable=not progress)
     with bar:
         for phase, indices in (
@@ -181,7 +195,7 @@ def run_cell(
             ("measured", range(n_warm, n_warm + n_meas)),
         ):
             done = _run_phase(
-                engine, plan, prompts, indices, phase=phase, facts=facts, record=record, bar=bar
+                engine, plan, requests, indices, phase=phase, facts=facts, record=record, bar=bar
             )
     measured = done
     engine.check_alive()

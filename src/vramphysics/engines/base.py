@@ -85,6 +85,9 @@ class GenRequest:
     output_tokens: int
     exact: bool = True
     media: tuple[MediaItem, ...] = ()  # sent with the prompt, in the engine's own shape
+    # the engine's own count of this prompt, made before the timed requests (see
+    # `Engine.counts_prompts_apart`): used where the stream carries no usage
+    prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,14 @@ class Engine(abc.ABC):
         """The prompt tokens a `generate` of `text` will be counted as by the engine itself
         (its tokenizer, special tokens and chat template included)."""
         raise EngineError("other", f"{self.name} cannot count tokens")
+
+    def counts_prompts_apart(self) -> bool:
+        """True when this engine's stream carries no prompt-token count, so that `generate`
+        would ask the engine's tokenizer after each request; the benchmark then counts every
+        prompt before its cell's timed requests and passes `GenRequest.prompt_tokens` (a
+        tokenizer call between timed requests slows the next request's prefill: seen on
+        llama-cpp-python, 28 -> 45 ms for 124 tokens)."""
+        return False
 
     def max_concurrency(self) -> tuple[int | None, str]:
         """How many requests this engine serves at once (None: no limit we know of), and why

@@ -281,18 +281,28 @@ class LlamaCppEngine(Engine):
             exact=request.exact,
             llama_server=self._llama_server_api,
         )
-        return self._stream(payload, request.prompt, request.output_tokens)
+        return self._stream(
+            payload, request.prompt, request.output_tokens, known=request.prompt_tokens
+        )
 
     def complete(self, prompt: str, max_tokens: int) -> Completion:
         payload = gen_payload(prompt, max_tokens, exact=False, llama_server=self._llama_server_api)
         return self._stream(payload, prompt, max_tokens)
 
-    def _stream(self, payload: dict[str, Any], prompt: str, max_tokens: int) -> Completion:
+    def counts_prompts_apart(self) -> bool:
+        """llama-cpp-python streams no usage: prompts are counted before the timed requests."""
+        return not self._llama_server_api
+
+    def _stream(
+        self, payload: dict[str, Any], prompt: str, max_tokens: int, known: int | None = None
+    ) -> Completion:
         self._require_ready()
         if self._served_model is not None:
             payload["model"] = self._served_model
         counting = Counting(
-            prompt=lambda: self._tokenize(prompt, special=True),
+            prompt=(lambda: known)
+            if known is not None
+            else (lambda: self._tokenize(prompt, special=True)),
             text=self._count_text_tokens,
             max_tokens=max_tokens,
         )
