@@ -199,7 +199,7 @@ def test_lost_node_gives_node_lost_rows_and_resume_completes(tmp_path: Path, clu
     assert all(r["status"] == "FAILED" and "kind-b" in r["reason"] for r in lost)
     done_b = {m: _points(journal, "kind-b", m) for m in (TINY, TINY2)}
     running, waiting = sorted(done_b, key=lambda m: -len(done_b[m]))
-    assert 1 <= len(done_b[running]) < len(CONTEXTS) and done_b[waiting] == []
+    assert 0 < len(done_b[running]) < len(CONTEXTS) and done_b[waiting] == []
     for model in (running, waiting):
         lost_ctx = {r["ctx"] for r in lost if r["model"] == model}
         assert lost_ctx == set(CONTEXTS) - set(done_b[model]), model

@@ -26,7 +26,6 @@ from vramphysics.engines.base import (
     GenRequest,
     MediaItem,
     MemoryComponents,
-    ResidentModel,
 )
 from vramphysics.engines.gpus import pinned_indices
 from vramphysics.engines.openai_compat import (
@@ -51,6 +50,7 @@ from vramphysics.engines.vllm.requests import (
     Attached,
     attach,
     request_body,
+    server_status,
     tokenize_body,
     tokenize_count,
 )
@@ -477,21 +477,7 @@ class VllmEngine(Engine):
 
     # -- services (manage_loadout.py) ----------------------------------------------------------
     def status(self) -> EngineStatus:
-        url = self.base_url
-        try:
-            r = self._client.get(f"{url}/v1/models", timeout=3.0)
-            r.raise_for_status()
-            data = r.json().get("data") or []
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            return EngineStatus(self.name, False, url, detail=type(exc).__name__)
-        models = tuple(
-            ResidentModel(
-                str(m.get("id", "?")),
-                ctx=m.get("max_model_len") if isinstance(m.get("max_model_len"), int) else None,
-            )
-            for m in data
-        )
-        return EngineStatus(self.name, True, url, version=self.version(), models=models)
+        return server_status(self._client, self.name, self.base_url, self.version)
 
     def detach(self) -> None:
         """Leave the server running (a loadout): a process keeps its record, marked `keep`; a

@@ -3,13 +3,13 @@ someone else runs: the timed request, prompt-token counting (/tokenize) and atta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from vramphysics.engines.base import MediaItem
+from vramphysics.engines.base import EngineStatus, MediaItem, ResidentModel
 from vramphysics.engines.media import openai_content, refuse_media
 from vramphysics.engines.openai_compat import pick_model, served_models
 from vramphysics.errors import EngineError
@@ -112,3 +112,23 @@ def _version(client: httpx.Client, base: str) -> str:
     except (httpx.TransportError, ValueError, AttributeError):
         version = None
     return f"vllm {version}" if isinstance(version, str) else "unknown"
+
+
+def server_status(
+    client: httpx.Client, name: str, url: str, version: Callable[[], str]
+) -> EngineStatus:
+    """Is a vLLM server up at `url`, and which models (with their max_model_len) does it serve?"""
+    try:
+        r = client.get(f"{url}/v1/models", timeout=3.0)
+        r.raise_for_status()
+        data = r.json().get("data") or []
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        return EngineStatus(name, False, url, detail=type(exc).__name__)
+    models = tuple(
+        ResidentModel(
+            str(m.get("id", "?")),
+            ctx=m.get("max_model_len") if isinstance(m.get("max_model_len"), int) else None,
+        )
+        for m in data
+    )
+    return EngineStatus(name, True, url, version=version(), models=models)
