@@ -572,6 +572,10 @@ def stream_tokens(
                 n_out += len(tokens)
                 yield choice.get("text") or "", None
     t_end = time.monotonic()
+    if num_predict >= 0:
+        # llama-cpp-python's stream can list a token again in the chunk that ends on the limit
+        # (seen: 9 listed for max_tokens 8); Ollama never counts more than num_predict
+        n_out = min(n_out, num_predict)
     first = t_first if t_first is not None else t_end
     last = t_last if t_last is not None else t_end
     if n_out > 1:
