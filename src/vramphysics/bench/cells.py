@@ -55,26 +55,28 @@ class StartFacts:
 
 
 @dataclass(frozen=True)
-class _Sent:
+class Sent:
     index: int
     completion: Completion | None
     error: EngineError | None
 
 
-def _send(engine: Engine, request: GenRequest, index: int) -> _Sent:
+def _send(engine: Engine, request: GenRequest, index: int) -> Sent:
     try:
-        return _Sent(index, engine.generate(request), None)
+        return Sent(index, engine.generate(request), None)
     except EngineError as exc:
-        return _Sent(index, None, exc)
+        return Sent(index, None, exc)
 
 
-def _request_record(
+def request_record(
     facts: StartFacts,
     plan: CellPlan,
-    sent: _Sent,
+    sent: Sent,
     phase: str,
     t_window: float,
 ) -> tuple[BenchRequest, RequestFigures | None]:
+    """One request as a row (its figures too, None when it failed); `start_s` counts from
+    `t_window`, the start of its phase."""
     base = dict(
         model=facts.model,
         engine=facts.engine,
@@ -158,7 +160,7 @@ def _run_phase(
         futures = [pool.submit(_send, engine, requests[i], i) for i in indices]
         for future in as_completed(futures):
             sent = future.result()
-            rec, figures = _request_record(facts, plan, sent, phase, t_window)
+            rec, figures = request_record(facts, plan, sent, phase, t_window)
             record(rec)
             bar.update(1)
             if figures is None or sent.completion is None:

@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vramphysics.bench.cells import MemoryWindow, StartFacts, run_cell
-from vramphysics.bench.metrics import request_figures
+from vramphysics.bench.cells import MemoryWindow, Sent, StartFacts, request_record, run_cell
 from vramphysics.bench.prompts import make_prompts
 from vramphysics.bench.workload import CellPlan, plan_cells
 from vramphysics.config import BenchConfig
@@ -46,28 +45,10 @@ def bench_plan(
 
 def cold_request(facts: StartFacts, cold: Completion, output_tokens: int) -> BenchRequest:
     """The first request after the engine was ready (the calibration's warm-up), as a row."""
-    f = request_figures(cold)
-    return BenchRequest(
-        model=facts.model,
-        engine=facts.engine,
-        ctx=facts.ctx,
-        cell="cold",
-        phase="cold",
-        index=0,
-        prompt_tokens_target=f.prompt_tokens or 0,
-        output_tokens_target=output_tokens,
-        concurrency=1,
-        ok=True,
-        prompt_tokens=f.prompt_tokens,
-        output_tokens=f.output_tokens,
-        token_source=f.token_source,
-        ttft_ms=f.ttft_ms,
-        tpot_ms=f.tpot_ms,
-        e2e_ms=f.e2e_ms,
-        itl_ms=[round(g, 3) for g in f.itl_ms],
-        start_s=0.0,
-        finish_reason=cold.finish_reason,
-    )
+    prompt = cold.usage.prompt_tokens or 0
+    plan = CellPlan("cold", prompt, output_tokens, concurrency=1, warm=False)
+    rec, _figures = request_record(facts, plan, Sent(0, cold, None), "cold", cold.sent_s)
+    return rec
 
 
 def run_bench(

@@ -9,26 +9,20 @@ journal, report and exports are written as for a run.
 from __future__ import annotations
 
 import logging
-import platform
-import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from vramphysics import __version__
 from vramphysics.bench import Grid, StartFacts, bench_plan, run_bench
 from vramphysics.config import BenchConfig, Config
 from vramphysics.engines import create_engine
 from vramphysics.engines.base import Engine
-from vramphysics.hostinfo import cpu_model
 from vramphysics.journal import Journal, journal_path, read_journal
-from vramphysics.probes import NvmlProbe, ProbeReadError, nvml_status
+from vramphysics.probes import NvmlProbe, NvmlStatus, ProbeReadError, nvml_status
 from vramphysics.recorder import Recorder
-from vramphysics.records import BenchCell, ModelInfo, Record, RunHeader
-from vramphysics.redact import redact
+from vramphysics.records import BenchCell, ModelInfo, Record
 from vramphysics.runner.finish import Finalized, _check_writable, finalize
-from vramphysics.runner.orchestrate import _git_commit, _new_run_id, _total_ram
+from vramphysics.runner.header import run_header
+from vramphysics.runner.orchestrate import _new_run_id
 
 log = logging.getLogger("vramphysics.bench")
 
@@ -53,37 +47,12 @@ class AttachedRun:
 
 @dataclass(frozen=True)
 class _Memory:
-    """How `bench --url` measures memory, and what the header says about the machine."""
+    """How `bench --url` measures memory, and the GPUs the header names."""
 
     recorder: Recorder | None
-    devices: list[dict[str, object]]
-    driver: str | None
-    cuda_version: str | None
+    nvml: NvmlStatus
     probe: str
     why: str
-
-
-def _header(run_id: str, target: Target, mem: _Memory) -> RunHeader:
-    return RunHeader(
-        run_id=run_id,
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        host=socket.gethostname(),
-        platform=platform.platform(),
-        python=platform.python_version(),
-        git_commit=_git_commit(),
-        tool_version=__version__,
-        config_path="",
-        setups_path="",
-        setups=[f"bench --url {target.url}"],
-        probe=mem.probe,
-        probe_reason=mem.why,
-        devices=mem.devices or [{"name": "cpu", "total_bytes": _total_ram()}],
-        driver=mem.driver,
-        sweep_contexts=[],
-        argv=[redact(a) for a in sys.argv],
-        cpu_model=cpu_model(),
-        cuda_version=mem.cuda_version,
-    )
 
 
 def _memory() -> _Memory:
@@ -94,18 +63,13 @@ def _memory() -> _Memory:
             f"no memory figures: NVML unavailable ({status.reason}), and the server's processes "
             "are not ours to read"
         )
-        return _Memory(None, [], None, None, "none", why)
-    devices: list[dict[str, object]] = [
-        {"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes}
-        for g in status.gpus
-    ]
-    driver, cuda = status.gpus[0].driver, status.cuda_version
+        return _Memory(None, status, "none", why)
     try:
         probe = NvmlProbe(None)
     except ProbeReadError as exc:
-        return _Memory(None, devices, driver, cuda, "none", f"no memory figures: {exc}")
+        return _Memory(None, status, "none", f"no memory figures: {exc}")
     why = f"NVML on {probe.device}: the whole device in use (the server ran before us: no baseline)"
-    return _Memory(Recorder(probe, 0.05), devices, driver, cuda, "nvml", why)
+    return _Memory(Recorder(probe, 0.05), status, "nvml", why)
 
 
 def bench_attached(
@@ -148,7 +112,15 @@ def _run(
 
     cells: list[BenchCell] = []
     try:
-        record(_header(run_id, target, mem))
+        record(
+            run_header(
+                run_id,
+                mem.nvml,
+                setups=[f"bench --url {target.url}"],
+                probe=mem.probe,
+                probe_reason=mem.why,
+            )
+        )
         version = engine.version()
         record(
             ModelInfo(

@@ -10,9 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,16 +19,15 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from vramphysics import __version__, physics_db
+from vramphysics import physics_db
 from vramphysics.config import Config, load_config
 from vramphysics.engines.process import kill_leftovers
 from vramphysics.errors import ConfigError, Interrupted
-from vramphysics.hostinfo import cpu_model
 from vramphysics.journal import Journal, journal_path, latest_run_id, read_journal
 from vramphysics.probes import nvml_status
 from vramphysics.recorder import run_probe_rule
 from vramphysics.records import Record, RunHeader
-from vramphysics.redact import add_redacting_filter, install_log_redaction, redact
+from vramphysics.redact import add_redacting_filter, install_log_redaction
 from vramphysics.runner.finish import (
     _FULL,
     _check_writable,
@@ -40,6 +36,7 @@ from vramphysics.runner.finish import (
     finalize,
     remove_stale_proc_temps,
 )
+from vramphysics.runner.header import run_header
 from vramphysics.runner.model_step import _model_step
 from vramphysics.runner.ray_driver import run_on_ray
 from vramphysics.runner.signals import _close, _signals_raise
@@ -81,21 +78,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
 def _new_run_id(report_dir: Path) -> str:
     """A fresh run ID; its journal is created here, exclusively, so two runners started in the
     same second never share one."""
@@ -113,36 +95,16 @@ def _new_run_id(report_dir: Path) -> str:
 def _header(
     run: _Run, args: argparse.Namespace, setups: list[str], probe_reason: str, probe: str
 ) -> RunHeader:
-    gpus = [
-        {"index": g.index, "name": g.name, "total_bytes": g.total_bytes, "used_bytes": g.used_bytes}
-        for g in run.nvml.gpus
-    ]
-    return RunHeader(
-        run_id=run.run_id,
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        host=socket.gethostname(),
-        platform=platform.platform(),
-        python=platform.python_version(),
-        git_commit=_git_commit(),
-        tool_version=__version__,
-        config_path=str(args.config),
-        setups_path=str(args.setups),
+    return run_header(
+        run.run_id,
+        run.nvml,
         setups=setups,
         probe=probe,
         probe_reason=probe_reason,
-        devices=gpus or [{"name": "cpu", "total_bytes": _total_ram()}],
-        driver=run.nvml.gpus[0].driver if run.nvml.gpus else None,
-        sweep_contexts=list(run.cfg.sweep.contexts),
-        argv=[redact(a) for a in sys.argv],
-        cpu_model=cpu_model(),
-        cuda_version=run.nvml.cuda_version,
+        config_path=str(args.config),
+        setups_path=str(args.setups),
+        sweep_contexts=run.cfg.sweep.contexts,
     )
-
-
-def _total_ram() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().total)
 
 
 @contextmanager
