@@ -49,6 +49,7 @@ from vramphysics.engines.vllm.models import download_snapshot, validate_model_na
 from vramphysics.engines.vllm.requests import (
     Attached,
     attach,
+    ready_models,
     request_body,
     server_status,
     tokenize_body,
@@ -281,19 +282,7 @@ class VllmEngine(Engine):
         )
 
     def _ready(self) -> bool:
-        try:
-            health = self._client.get(f"{self.base_url}/health", timeout=2.0)
-            if health.status_code != 200:
-                return False
-            models = self._client.get(f"{self.base_url}/v1/models", timeout=5.0)
-        except httpx.TransportError:
-            return False
-        if models.status_code != 200:
-            return False
-        try:
-            data = models.json().get("data") or []
-        except (ValueError, AttributeError):
-            return False
+        data = ready_models(self._client, self.base_url)
         if not data:
             return False
         pid = self._launcher.listener_pid()

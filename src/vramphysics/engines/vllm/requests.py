@@ -132,3 +132,22 @@ def server_status(
         for m in data
     )
     return EngineStatus(name, True, url, version=version(), models=models)
+
+
+def ready_models(client: httpx.Client, url: str) -> list[dict[str, Any]]:
+    """The models a vLLM server serves once it is healthy (/health, then /v1/models); empty
+    while it is not ready yet (nothing listening, a non-200 answer, no model listed)."""
+    try:
+        health = client.get(f"{url}/health", timeout=2.0)
+        if health.status_code != 200:
+            return []
+        models = client.get(f"{url}/v1/models", timeout=5.0)
+    except httpx.TransportError:
+        return []
+    if models.status_code != 200:
+        return []
+    try:
+        data = models.json().get("data") or []
+    except (ValueError, AttributeError):
+        return []
+    return [m for m in data if isinstance(m, dict)]
